@@ -1,0 +1,457 @@
+//! The node's TOML configuration: serde structs with `deny_unknown_fields`, typed durations and addresses, named
+//! defaults, and one `validate` pass for the rules that span fields. `sipfront check-config` runs the same code.
+//!
+//! This module only reads and checks; it never opens a socket.
+
+mod duration;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::{parse_duration, ConfigDuration};
+
+use crate::sip::SipUri;
+use crate::transport::Transport;
+
+/// A config file that cannot be used, with the key at fault and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// TOML syntax, a wrong type, a missing or unknown key; toml's message names the key and line.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub timers: TimerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// `[[backend]]` tables: the PBXs, in any order (priority decides).
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// 1..=255, unique in the cluster; also part of every branch and tag we generate.
+    pub id: u32,
+    pub name: String,
+}
+
+/// A listener: `udp:IP:PORT` or `tcp:IP:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, addr) = s.split_once(':').ok_or_else(|| {
+            format!("`{s}`: expected TRANSPORT:IP:PORT, like \"udp:0.0.0.0:5060\"")
+        })?;
+        let transport = match proto.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            "tls" | "ws" | "wss" => {
+                return Err(format!(
+                    "`{s}`: transport `{proto}` is not supported yet (udp, tcp)"
+                ))
+            }
+            _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp)")),
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("`{s}`: `{addr}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
+        Ok(ListenAddr { transport, addr })
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.transport.as_lower(), self.addr)
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// Listeners. Every request we forward leaves from the listener of its transport.
+    pub listen: Vec<ListenAddr>,
+    /// Host written into our Via and Record-Route (the VIP on a cluster). An IP address or a DNS name.
+    pub advertise: String,
+    /// Largest message accepted on any transport, in bytes; larger TCP messages close that connection.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: usize,
+    /// TCP connections with no traffic for this long are closed.
+    #[serde(default = "default_tcp_idle_timeout")]
+    pub tcp_idle_timeout: ConfigDuration,
+    /// Max-Forwards written into requests that arrive without one.
+    #[serde(default = "default_max_forwards")]
+    pub max_forwards: u32,
+}
+
+fn default_max_message_size() -> usize {
+    65_535
+}
+fn default_tcp_idle_timeout() -> ConfigDuration {
+    ConfigDuration::secs(300)
+}
+fn default_max_forwards() -> u32 {
+    70
+}
+
+/// How initial requests pick a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Everything to the preferred (lowest priority number) backend; the next one only when it fails.
+    #[default]
+    ActiveStandby,
+    /// Weighted round robin across the backends of the best priority; failures fall back serially.
+    Balanced,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// `[timers]`: RFC 3261 §17 timers. B, F, H, J, L and M are 64*T1, as in the RFC.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerConfig {
+    /// RTT estimate; first retransmission interval on UDP.
+    #[serde(default = "default_t1")]
+    pub t1: ConfigDuration,
+    /// Cap on the retransmission interval of non-INVITE requests and INVITE responses.
+    #[serde(default = "default_t2")]
+    pub t2: ConfigDuration,
+    /// How long the network may hold a message (timers I and K on UDP).
+    #[serde(default = "default_t4")]
+    pub t4: ConfigDuration,
+    /// Proxy INVITE timer: a call that stays unanswered this long is cancelled (RFC 3261 §16.8, > 3 min).
+    #[serde(default = "default_timer_c")]
+    pub timer_c: ConfigDuration,
+    /// Client INVITE wait for response retransmissions after a non-2xx final on UDP (RFC: > 32 s).
+    #[serde(default = "default_timer_d")]
+    pub timer_d: ConfigDuration,
+}
+
+fn default_t1() -> ConfigDuration {
+    ConfigDuration::millis(500)
+}
+fn default_t2() -> ConfigDuration {
+    ConfigDuration::secs(4)
+}
+fn default_t4() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+fn default_timer_c() -> ConfigDuration {
+    ConfigDuration::secs(180)
+}
+fn default_timer_d() -> ConfigDuration {
+    ConfigDuration::secs(32)
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            t1: default_t1(),
+            t2: default_t2(),
+            t4: default_t4(),
+            timer_c: default_timer_c(),
+            timer_d: default_timer_d(),
+        }
+    }
+}
+
+impl TimerConfig {
+    /// 64*T1: timers B, F, H, J, L, M.
+    pub fn t1x64(&self) -> Duration {
+        self.t1.0 * 64
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `sipfront::proxy=debug,info` ... (RUST_LOG overrides it).
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_log_level(),
+        }
+    }
+}
+
+/// `[[backend]]`: one PBX.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: String,
+    /// `sip:IP:PORT;transport=udp|tcp`. The host must be an IP address (no DNS on the hot path).
+    pub uri: String,
+    /// Lower is preferred.
+    #[serde(default = "one")]
+    pub priority: u32,
+    /// Share of new calls among backends of the same priority (policy `balanced`).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A backend's parsed URI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendTarget {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+}
+
+impl BackendConfig {
+    /// Parse the URI into an address and transport.
+    pub fn target(&self) -> Result<BackendTarget, String> {
+        let uri = SipUri::parse(self.uri.as_bytes()).ok_or_else(|| {
+            format!(
+                "`{}` is not a sip: URI like \"sip:10.0.0.5:5060;transport=udp\"",
+                self.uri
+            )
+        })?;
+        let ip: IpAddr = uri.host_port.ip().ok_or_else(|| {
+            format!(
+                "`{}`: the host must be an IP address (no DNS lookups on the call path)",
+                self.uri
+            )
+        })?;
+        let transport = match uri.transport() {
+            None => Transport::Udp,
+            Some(t) if t.eq_ignore_ascii_case(b"udp") => Transport::Udp,
+            Some(t) if t.eq_ignore_ascii_case(b"tcp") => Transport::Tcp,
+            Some(t) => {
+                return Err(format!(
+                    "`{}`: transport `{}` is not supported (udp, tcp)",
+                    self.uri,
+                    String::from_utf8_lossy(t)
+                ))
+            }
+        };
+        if uri.sips {
+            return Err(format!(
+                "`{}`: sips: needs TLS, which is not supported yet",
+                self.uri
+            ));
+        }
+        Ok(BackendTarget {
+            addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)),
+            transport,
+        })
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<config>".into(),
+            message: e.to_string().trim_end().into(),
+        })?;
+        cfg.validate()
+    }
+
+    /// Cross-field rules.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if !(1..=255).contains(&self.node.id) {
+            return Err(invalid(
+                "node.id",
+                format!("{} is out of range 1..=255", self.node.id),
+            ));
+        }
+        if self.node.name.trim().is_empty() {
+            return Err(invalid("node.name", "must not be empty"));
+        }
+        if self.sip.listen.is_empty() {
+            return Err(invalid(
+                "sip.listen",
+                "needs at least one listener, like \"udp:0.0.0.0:5060\"",
+            ));
+        }
+        for (i, l) in self.sip.listen.iter().enumerate() {
+            if self.sip.listen[..i].contains(l) {
+                return Err(invalid(
+                    format!("sip.listen[{i}]"),
+                    format!("`{l}` is listed twice"),
+                ));
+            }
+        }
+        let adv = self.sip.advertise.trim();
+        if adv.is_empty()
+            || adv.contains(|c: char| {
+                c.is_whitespace() || matches!(c, ';' | '<' | '>' | '@' | ',' | '"')
+            })
+        {
+            return Err(invalid(
+                "sip.advertise",
+                format!("`{adv}` is not a host name or IP address"),
+            ));
+        }
+        if adv.contains(':') && adv.parse::<IpAddr>().is_err() {
+            return Err(invalid(
+                "sip.advertise",
+                "write the host only; the port comes from each listener",
+            ));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.sip.max_message_size) {
+            return Err(invalid(
+                "sip.max_message_size",
+                "must be between 1024 and 16777216 bytes",
+            ));
+        }
+        if !(1..=255).contains(&self.sip.max_forwards) {
+            return Err(invalid("sip.max_forwards", "must be between 1 and 255"));
+        }
+        if self.sip.tcp_idle_timeout.get() < Duration::from_secs(1) {
+            return Err(invalid("sip.tcp_idle_timeout", "must be at least 1s"));
+        }
+        let t = &self.timers;
+        if t.t1.get() < Duration::from_millis(10) {
+            return Err(invalid("timers.t1", "must be at least 10ms"));
+        }
+        if t.t2 < t.t1 {
+            return Err(invalid(
+                "timers.t2",
+                format!("{} is shorter than t1 ({})", t.t2, t.t1),
+            ));
+        }
+        if t.timer_c.get() < Duration::from_secs(1) {
+            return Err(invalid(
+                "timers.timer_c",
+                "must be at least 1s (RFC 3261: more than 3 minutes)",
+            ));
+        }
+        if self.backends.is_empty() {
+            return Err(invalid("backend", "at least one [[backend]] is needed"));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = |k: &str| format!("backend[{i}].{k}");
+            if b.name.trim().is_empty() {
+                return Err(invalid(key("name"), "must not be empty"));
+            }
+            if self.backends[..i].iter().any(|o| o.name == b.name) {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}` is used by two backends", b.name),
+                ));
+            }
+            let target = b.target().map_err(|r| invalid(key("uri"), r))?;
+            if self.backends[..i]
+                .iter()
+                .any(|o| o.target().ok() == Some(target))
+            {
+                return Err(invalid(
+                    key("uri"),
+                    format!("`{}` is the same address as another backend", b.uri),
+                ));
+            }
+            if b.weight == 0 {
+                return Err(invalid(key("weight"), "must be at least 1"));
+            }
+            if !self
+                .sip
+                .listen
+                .iter()
+                .any(|l| l.transport == target.transport)
+            {
+                return Err(invalid(
+                    key("uri"),
+                    format!(
+                        "uses {} but sip.listen has no {} listener",
+                        target.transport, target.transport
+                    ),
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The one-line summary printed by `check-config`.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.sip.listen.iter().map(|l| l.to_string()).collect();
+        format!(
+            "ok: node {} ({}), listen {}, advertise {}, {} backend(s), policy {:?}",
+            self.node.id,
+            self.node.name,
+            listen.join(" "),
+            self.sip.advertise,
+            self.backends.len(),
+            self.routing.policy
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,43 @@
+//! The crate's top-level error: each module's error, gathered with `#[from]`, and where the failure came from
+//! (client side, backend side, or our own), which becomes a metric label.
+
+use crate::config::ConfigError;
+use crate::transport::TransportError;
+
+/// Which side of the proxy a failure belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The phone or whoever sent us the request.
+    Downstream,
+    /// A PBX backend.
+    Upstream,
+    /// sipfront itself.
+    Internal,
+}
+
+impl Origin {
+    pub fn as_label(&self) -> &'static str {
+        match self {
+            Origin::Downstream => "client",
+            Origin::Upstream => "backend",
+            Origin::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+impl Error {
+    pub fn origin(&self) -> Origin {
+        match self {
+            Error::Config(_) | Error::Transport(TransportError::Bind { .. }) => Origin::Internal,
+            Error::Transport(_) => Origin::Upstream,
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! sipfront: a stateful SIP front door for a three-node PBX cluster.
+//!
+//! ```text
+//!  phones ──UDP/TCP──► transport ──► proxy ──────────────► transaction ──► transport ──► PBX backends
+//!                      (sockets,     (classify: local      (server + client     (same sockets:
+//!                       framing)      answer, stateless     state machines,      replies leave from
+//!                         ▲           ACK/response relay,   timers, serial       the advertised address)
+//!                         │           or new transaction)   failover)
+//!                         └──────────── responses, routed back by the Via stack ◄──────────┘
+//!  sip/      pure parsing and building, used by every layer
+//!  config/   the TOML file, validated once
+//!  routing/  the backend list and the policy that picks one
+//!  dialog/   the dialog table the proxy keeps for established calls
+//! ```
+//!
+//! A request arrives on a [`transport`] listener, is parsed lazily by [`sip::Message::parse`], and handed to
+//! [`proxy::Proxy::handle`]. The proxy either answers it itself (OPTIONS to us, errors), relays it statelessly
+//! (ACK for a 2xx, stray responses) or gives it to a [`transaction`] task, which forwards it to the backend picked
+//! by [`routing`] and relays the answers back.
+
+pub mod config;
+pub mod dialog;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod sip;
+pub mod transaction;
+pub mod transport;

@@ -1,0 +1,110 @@
+//! The `sipfront` command: `run` a node from its config file, or `check-config` a file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use sipfront::config::Config;
+use sipfront::server::Server;
+
+/// The config `sipfront run` uses when no file is given: one node on 127.0.0.1:5060 (UDP and TCP) in front of
+/// a PBX on 127.0.0.1:5080. The same text as config/single-node.toml.
+const DEFAULT_CONFIG: &str = include_str!("../config/single-node.toml");
+
+#[derive(Parser)]
+#[command(
+    name = "sipfront",
+    version,
+    about = "A stateful SIP front door for a highly available PBX cluster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node in the foreground (SIGINT/SIGTERM stop it gracefully).
+    Run {
+        /// The node's TOML config; without it, the embedded single-node default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file: print a one-line summary, or the key at fault and why.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(cfg) => {
+                println!("{}", cfg.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path),
+                None => Config::from_toml(DEFAULT_CONFIG),
+            };
+            let cfg = match cfg {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&cfg.log.level);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    sipfront::metrics::describe();
+    let shutdown = CancellationToken::new();
+    let server = Server::start(&cfg, shutdown.clone()).await?;
+    tracing::info!(node = cfg.node.id, name = %cfg.node.name, backends = cfg.backends.len(), "sipfront running");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! How a request is rewritten for the next hop (our Via, Record-Route, Max-Forwards, Route popping; RFC 3261
+//! §16.6) and the two stateless relays: ACK for a 2xx downstream, and responses no transaction claims upstream.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::plan::HopAddr;
+use super::{Plan, Proxy};
+use crate::sip::{ForwardEdit, HeaderName, Message, Via, ViaTransport};
+use crate::transport::{Source, Target, Transport};
+
+impl Proxy {
+    /// A new RFC 3261 branch: magic cookie, this request's loop hash, and a unique part.
+    pub(crate) fn new_branch(&self, loop_hash: u32) -> Bytes {
+        let mut s = String::with_capacity(40);
+        let _ = write!(s, "z9hG4bK{loop_hash:08x}.{:016x}", self.unique());
+        Bytes::from(s)
+    }
+
+    fn via_value(&self, t: Transport, branch: &[u8]) -> String {
+        let mut s = String::with_capacity(80);
+        let _ = write!(
+            s,
+            "SIP/2.0/{} {}:{};branch=",
+            t.as_upper(),
+            self.settings.advertise,
+            self.port_for(t)
+        );
+        s.push_str(std::str::from_utf8(branch).unwrap_or_default());
+        s
+    }
+
+    fn record_route_value(&self, t: Transport, flow: Option<u64>) -> String {
+        let mut s = String::with_capacity(64);
+        let _ = write!(s, "<sip:{}:{}", self.settings.advertise, self.port_for(t));
+        if t != Transport::Udp {
+            let _ = write!(s, ";transport={}", t.as_lower());
+        }
+        if let Some(f) = flow {
+            let _ = write!(s, ";ft={f}");
+        }
+        s.push_str(";lr>");
+        s
+    }
+
+    /// Rewrite `req` for one attempt toward a hop on transport `out` with our `branch`.
+    pub(crate) fn build_forward(
+        &self,
+        req: &Message,
+        src: Source,
+        plan: &Plan,
+        out: Transport,
+        branch: &[u8],
+    ) -> Bytes {
+        let via = self.via_value(out, branch);
+        let rr: Vec<String> = if plan.record_route {
+            // The client-facing entry names the client's connection so requests from the PBX find it again.
+            let inbound = self.record_route_value(src.transport, src.conn);
+            if src.transport == out && src.conn.is_none() {
+                vec![inbound]
+            } else {
+                // Transport changes (or a flow token): the top entry faces the next hop, the lower one the client.
+                vec![self.record_route_value(out, None), inbound]
+            }
+        } else {
+            Vec::new()
+        };
+        let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
+        req.forward(&ForwardEdit {
+            via: via.as_bytes(),
+            record_route: &rr_refs,
+            request_uri: None,
+            pop_routes: plan.pop_routes,
+            source: Some(src.remote),
+            max_forwards: plan.max_forwards,
+            method: None,
+        })
+    }
+
+    /// Relay a request without a transaction (ACK for a 2xx, RFC 3261 §16.11 / §13.2.2.4).
+    pub(crate) fn forward_stateless(self: &Arc<Self>, req: Message, src: Source) {
+        let plan = match self.plan(&req, src) {
+            Ok(p) => p,
+            Err((code, reason)) => {
+                tracing::debug!(code, reason, "stateless ACK not routable, dropped");
+                self.stats
+                    .unroutable_acks
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(hop) = plan.hops.first().cloned() else {
+            return;
+        };
+        let branch = self.new_branch(plan.loop_hash);
+        let bytes = self.build_forward(&req, src, &plan, hop.transport(), &branch);
+        match hop.addr {
+            HopAddr::Resolved(t) => self.transports.send(t, bytes),
+            HopAddr::Name {
+                host,
+                port,
+                transport,
+            } => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    if let Some(addr) = resolve(&host, port).await {
+                        this.transports.send(
+                            Target {
+                                transport,
+                                addr,
+                                conn: None,
+                            },
+                            bytes,
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    /// Relay a response by its second Via (our Via removed): received/rport when present, else sent-by.
+    pub(crate) fn relay_response_stateless(&self, resp: &Message) {
+        let Some(next) = resp
+            .header_values(HeaderName::Via)
+            .nth(1)
+            .and_then(Via::parse)
+        else {
+            return;
+        };
+        let transport = match next.transport {
+            ViaTransport::Udp => Transport::Udp,
+            ViaTransport::Tcp => Transport::Tcp,
+            _ => return,
+        };
+        let ip = next
+            .received()
+            .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
+            .or_else(|| next.sent_by.ip());
+        let Some(ip) = ip else { return };
+        let port = next.rport().flatten().or(next.sent_by.port).unwrap_or(5060);
+        self.stats
+            .stateless_responses
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.transports.send(
+            Target {
+                transport,
+                addr: SocketAddr::new(ip, port),
+                conn: None,
+            },
+            resp.strip_top_via(),
+        );
+    }
+}
+
+/// Look up a host name (URIs with a name instead of an address; RFC 3263 SRV/NAPTR is not done).
+pub async fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    tokio::net::lookup_host((host, port)).await.ok()?.next()
+}

@@ -1,0 +1,208 @@
+//! The stateful proxy (RFC 3261 §16): every message the transports read comes to [`Proxy::on_message`], which
+//! classifies it and either answers it here (OPTIONS to us, malformed or unroutable requests), relays it without
+//! state (ACK for a 2xx, responses no transaction claims), hands it to the transaction that owns it
+//! (retransmissions, ACK for a non-2xx, CANCEL, responses), or starts a new proxy transaction.
+//!
+//! This module decides *where* a request goes ([`plan`]) and *how* it is rewritten ([`forward`]); the timers and
+//! retransmissions live in [`crate::transaction`]. Nothing here blocks: the reading task calls in, and anything
+//! that must wait (connects, DNS, timers) runs on a transaction task.
+
+mod forward;
+mod local;
+mod plan;
+mod stats;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use forward::resolve;
+pub use plan::{Hop, HopAddr, Plan};
+pub use stats::{Stats, StatsSnapshot};
+
+use crate::config::Config;
+use crate::dialog::DialogTable;
+use crate::metrics as m;
+use crate::routing::Routing;
+use crate::sip::{Message, Method};
+use crate::transaction::{self, ServerKey, Timers, TransactionTable, TxEvent};
+use crate::transport::{Inbound, Source, Transport, Transports};
+
+/// Settings the proxy reads on every message, taken from the config once.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_id: u32,
+    /// Host in our Via and Record-Route.
+    pub advertise: String,
+    pub max_forwards: u32,
+    pub timers: Timers,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Settings {
+        Settings {
+            node_id: cfg.node.id,
+            advertise: cfg.sip.advertise.clone(),
+            max_forwards: cfg.sip.max_forwards,
+            timers: Timers::from_config(&cfg.timers),
+        }
+    }
+}
+
+/// Everything a proxy transaction needs, shared by all tasks.
+pub struct Proxy {
+    pub settings: Settings,
+    pub transports: Transports,
+    pub routing: Routing,
+    pub dialogs: DialogTable,
+    pub txs: TransactionTable,
+    pub stats: Stats,
+    /// Port of each transport's listener, for our Via and Record-Route.
+    udp_port: Option<u16>,
+    tcp_port: Option<u16>,
+    /// Every listener address, to recognise our own Via and Route entries.
+    own_addrs: Vec<(Transport, std::net::SocketAddr)>,
+    /// Per-process random part of branches and tags, so a restarted node never reuses one.
+    instance: u64,
+    seq: AtomicU64,
+}
+
+impl Proxy {
+    pub fn new(settings: Settings, transports: Transports, routing: Routing) -> Arc<Proxy> {
+        let udp_port = transports.local_addr(Transport::Udp).map(|a| a.port());
+        let tcp_port = transports.local_addr(Transport::Tcp).map(|a| a.port());
+        let instance = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            );
+            h.finish()
+        };
+        Arc::new(Proxy {
+            settings,
+            own_addrs: transports.local_addrs(),
+            transports,
+            routing,
+            dialogs: DialogTable::new(),
+            txs: TransactionTable::new(),
+            stats: Stats::default(),
+            udp_port,
+            tcp_port,
+            instance,
+            seq: AtomicU64::new(1),
+        })
+    }
+
+    /// The listener port we advertise for a transport.
+    pub fn port_for(&self, t: Transport) -> u16 {
+        match t {
+            Transport::Udp => self.udp_port.or(self.tcp_port),
+            Transport::Tcp => self.tcp_port.or(self.udp_port),
+        }
+        .unwrap_or(5060)
+    }
+
+    /// A fresh unique token (branch suffix, To tag).
+    pub fn unique(&self) -> u64 {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.instance.rotate_left(17) ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    fn handle(self: &Arc<Self>, data: Bytes, src: Source) {
+        let msg = match Message::parse(data.clone()) {
+            Ok(msg) => msg,
+            Err(e) => return self.on_malformed(data, e, src),
+        };
+        if msg.is_request() {
+            self.on_request(msg, src);
+        } else {
+            self.on_response(msg, src);
+        }
+    }
+
+    fn on_request(self: &Arc<Self>, req: Message, src: Source) {
+        let method = req.method().unwrap_or(Method::Other);
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::REQUESTS, "method" => method.as_str()).increment(1);
+        match method {
+            Method::Ack => {
+                let key = ServerKey::for_request(&req, Method::Invite);
+                if let Some(tx) = self.txs.server(&key) {
+                    // ACK for a non-2xx final we sent: hop-by-hop, absorbed by the transaction.
+                    let _ = tx.send(TxEvent::Ack);
+                } else {
+                    // ACK for a 2xx: end-to-end, relayed without state.
+                    self.forward_stateless(req, src);
+                }
+            }
+            Method::Cancel => {
+                let key = ServerKey::for_request(&req, Method::Invite);
+                match self.txs.server(&key) {
+                    Some(tx) => {
+                        self.reply(&req, src, 200, "OK");
+                        let _ = tx.send(TxEvent::Cancel);
+                    }
+                    None => self.reply(&req, src, 481, "Call/Transaction Does Not Exist"),
+                }
+            }
+            _ => {
+                let key = ServerKey::for_request(&req, method);
+                if let Some(tx) = self.txs.server(&key) {
+                    self.stats
+                        .retransmissions_absorbed
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(m::RETRANSMISSIONS_ABSORBED).increment(1);
+                    let _ = tx.send(TxEvent::Retransmit);
+                    return;
+                }
+                if let Some((code, reason)) = self.local_answer(&req, src) {
+                    return self.reply(&req, src, code, reason);
+                }
+                match self.plan(&req, src) {
+                    Ok(plan) => transaction::start(self.clone(), req, src, plan, key),
+                    Err((code, reason)) => self.reply(&req, src, code, reason),
+                }
+            }
+        }
+    }
+
+    fn on_response(self: &Arc<Self>, resp: Message, src: Source) {
+        self.stats.responses.fetch_add(1, Ordering::Relaxed);
+        let class = match resp.status().unwrap_or(0) / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            5 => "5xx",
+            _ => "6xx",
+        };
+        metrics::counter!(m::RESPONSES, "class" => class).increment(1);
+        let Some(via) = resp.top_via() else { return };
+        if !self.is_own_via(&via) {
+            // Not sent through us: nothing to route it by (RFC 3261 §16.7: silently dropped).
+            self.stats.stray_responses.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(from = %src.remote, "response whose top Via is not ours, dropped");
+            return;
+        }
+        if let Some(tx) = via.branch().and_then(|b| self.txs.client(b)) {
+            let _ = tx.send(TxEvent::Response(resp));
+            return;
+        }
+        // No transaction (e.g. a 2xx retransmission after it ended): relay by the next Via.
+        self.relay_response_stateless(&resp);
+    }
+}
+
+/// Adapter so the transports can hold the proxy as `Arc<dyn Inbound>` while the proxy methods take `&Arc<Self>`.
+pub struct ProxyInbound(pub Arc<Proxy>);
+
+impl Inbound for ProxyInbound {
+    fn on_message(&self, data: Bytes, source: Source) {
+        self.0.handle(data, source);
+    }
+}

@@ -1,0 +1,369 @@
+//! The INVITE proxy transaction: 100 Trying upstream, then per attempt a client INVITE transaction (timers A, B,
+//! C; CANCEL; hop-by-hop ACK of non-2xx), serial failover across backends, and finally the server side's
+//! lingering state: Completed (timer G retransmits the final answer until the ACK, H gives up, I absorbs) or
+//! Accepted after a 2xx (RFC 6026 timers L/M: absorb INVITE retransmissions, relay 2xx retransmissions).
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::timers::{due, earliest, sleep_opt};
+use super::{response_branch, retryable, Ctx, TxEvent};
+use crate::dialog::DialogId;
+use crate::metrics as m;
+use crate::proxy::{Hop, HopAddr};
+use crate::sip::{HeaderName, Message, Method, ResponseBuilder};
+use crate::transport::Target;
+
+/// One try toward one hop.
+struct Attempt {
+    branch: Bytes,
+    target: Target,
+    /// The INVITE as we sent it (retransmissions, and the source of CANCEL and ACK).
+    fwd: Bytes,
+    backend: Option<usize>,
+}
+
+impl Attempt {
+    /// The hop-by-hop ACK for a non-2xx final response on this branch (RFC 3261 §17.1.1.3).
+    fn ack_for(&self, resp: &Message) -> Option<Bytes> {
+        let sent = Message::parse(self.fwd.clone()).ok()?;
+        Some(sent.twin_request("ACK", resp.header(HeaderName::To)))
+    }
+
+    fn cancel(&self) -> Option<Bytes> {
+        let sent = Message::parse(self.fwd.clone()).ok()?;
+        Some(sent.twin_request("CANCEL", None))
+    }
+}
+
+/// A CANCEL we sent downstream: a small non-INVITE client transaction of its own (timer E, F).
+struct CancelState {
+    bytes: Bytes,
+    next: Option<Instant>,
+    interval: std::time::Duration,
+    /// 64*T1 after the CANCEL without a final answer to the INVITE: give the branch up (RFC 3261 §9.1).
+    give_up: Instant,
+}
+
+enum Outcome {
+    /// A 2xx went upstream.
+    Accepted,
+    /// This final non-2xx went upstream.
+    Rejected(Bytes),
+}
+
+pub(crate) async fn resolve_hop(hop: &Hop) -> Option<Target> {
+    match &hop.addr {
+        HopAddr::Resolved(t) => Some(*t),
+        HopAddr::Name {
+            host,
+            port,
+            transport,
+        } => {
+            let addr = crate::proxy::resolve(host, *port).await?;
+            Some(Target {
+                transport: *transport,
+                addr,
+                conn: None,
+            })
+        }
+    }
+}
+
+pub(crate) async fn run(mut ctx: Ctx) {
+    let t = ctx.proxy.settings.timers;
+    let trying = ResponseBuilder::new(&ctx.req, 100, "Trying")
+        .source(ctx.src.remote)
+        .build();
+    ctx.upstream(trying.clone());
+    // What a retransmitted INVITE gets back: our 100, then the latest provisional relayed.
+    let mut last_up = trying;
+    let mut cancelled = false;
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut best_failure: Option<Message> = None;
+    // The answer if every hop fails without a response: 503 for transport errors, 408 for silence.
+    let mut fallback = (503, "Service Unavailable");
+    let mut outcome = None;
+    let hops = ctx.plan.hops.clone();
+
+    'hops: for (i, hop) in hops.iter().enumerate() {
+        if cancelled {
+            break;
+        }
+        let last_hop = i + 1 == hops.len();
+        let Some(target) = resolve_hop(hop).await else {
+            tracing::info!(hop = ?hop.addr, "cannot resolve next hop");
+            fallback = (503, "Service Unavailable");
+            continue;
+        };
+        let branch = ctx.new_branch();
+        let fwd = ctx
+            .proxy
+            .build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
+            tracing::info!(to = %target.addr, error = %e, "INVITE not sent, trying the next backend");
+            note_failover(&ctx, "transport", last_hop);
+            fallback = (503, "Service Unavailable");
+            continue;
+        }
+        attempts.push(Attempt {
+            branch,
+            target,
+            fwd,
+            backend: hop.backend,
+        });
+        let cur = attempts.len() - 1;
+        let start = Instant::now();
+        let mut a_interval = t.t1;
+        let mut timer_a = (!target.transport.is_reliable()).then(|| start + t.t1);
+        let mut timer_b = Some(start + t.t1x64());
+        let mut timer_c = Some(start + t.timer_c);
+        let mut provisional = false;
+        let mut cancel: Option<CancelState> = None;
+
+        loop {
+            let deadline = earliest(&[
+                timer_a,
+                timer_b,
+                timer_c,
+                cancel.as_ref().and_then(|c| c.next),
+                cancel.as_ref().map(|c| c.give_up),
+            ]);
+            tokio::select! {
+                ev = ctx.rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    match ev {
+                        TxEvent::Retransmit => ctx.upstream(last_up.clone()),
+                        TxEvent::Ack => {}
+                        TxEvent::Cancel => {
+                            if !cancelled {
+                                cancelled = true;
+                                if provisional {
+                                    cancel = start_cancel(&ctx, &attempts[cur]);
+                                }
+                            }
+                        }
+                        TxEvent::Response(resp) => {
+                            if resp.cseq_method() == Method::Cancel {
+                                if let Some(c) = cancel.as_mut() {
+                                    c.next = None; // the CANCEL is answered; the INVITE's 487 follows
+                                }
+                                continue;
+                            }
+                            if response_branch(&resp) != Some(&attempts[cur].branch[..]) {
+                                late_response(&ctx, &attempts, &resp);
+                                continue;
+                            }
+                            let code = resp.status().unwrap_or(0);
+                            match code {
+                                100..=199 => {
+                                    timer_a = None;
+                                    timer_b = None;
+                                    provisional = true;
+                                    if code > 100 {
+                                        timer_c = Some(Instant::now() + t.timer_c);
+                                        if let Some(id) = dialog_id(&resp) {
+                                            ctx.proxy.dialogs.early(id, attempts[cur].backend);
+                                        }
+                                        last_up = resp.strip_top_via();
+                                        ctx.upstream(last_up.clone());
+                                    }
+                                    if cancelled && cancel.is_none() {
+                                        cancel = start_cancel(&ctx, &attempts[cur]);
+                                    }
+                                }
+                                200..=299 => {
+                                    if let Some(id) = dialog_id(&resp) {
+                                        ctx.proxy.dialogs.confirm(id, attempts[cur].backend);
+                                    }
+                                    ctx.upstream(resp.strip_top_via());
+                                    outcome = Some(Outcome::Accepted);
+                                    break 'hops;
+                                }
+                                _ => {
+                                    if let Some(ack) = attempts[cur].ack_for(&resp) {
+                                        ctx.proxy.transports.send(target, ack);
+                                    }
+                                    if !cancelled && !last_hop && retryable(code) && ctx.plan.hops.len() > 1 {
+                                        tracing::info!(to = %target.addr, code, "backend refused, trying the next one");
+                                        note_failover(&ctx, "response", last_hop);
+                                        best_failure = Some(resp);
+                                        continue 'hops;
+                                    }
+                                    let out = resp.strip_top_via();
+                                    ctx.upstream(out.clone());
+                                    outcome = Some(Outcome::Rejected(out));
+                                    break 'hops;
+                                }
+                            }
+                        }
+                    }
+                }
+                _ = sleep_opt(deadline) => {
+                    let now = Instant::now();
+                    if due(timer_a, now) {
+                        ctx.proxy.transports.send(target, attempts[cur].fwd.clone());
+                        a_interval *= 2;
+                        timer_a = Some(now + a_interval);
+                    }
+                    if let Some(c) = cancel.as_mut() {
+                        if due(c.next, now) {
+                            ctx.proxy.transports.send(target, c.bytes.clone());
+                            c.interval = (c.interval * 2).min(t.t2);
+                            c.next = Some(now + c.interval);
+                        }
+                    }
+                    if due(timer_c, now) && provisional {
+                        // Timer C (RFC 3261 §16.8): a call ringing too long is cancelled; its 487 goes upstream.
+                        timer_c = None;
+                        cancelled = true;
+                        if cancel.is_none() {
+                            cancel = start_cancel(&ctx, &attempts[cur]);
+                        }
+                    }
+                    let silent = due(timer_b, now) || (due(timer_c, now) && !provisional);
+                    let cancel_expired = cancel.as_ref().is_some_and(|c| c.give_up <= now);
+                    if silent || cancel_expired {
+                        if cancelled {
+                            outcome = Some(Outcome::Rejected(ctx.reply_local(487, "Request Terminated")));
+                            break 'hops;
+                        }
+                        tracing::info!(to = %target.addr, "no answer to INVITE (timer B)");
+                        fallback = (408, "Request Timeout");
+                        note_failover(&ctx, "timeout", last_hop);
+                        continue 'hops;
+                    }
+                }
+            }
+        }
+    }
+
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            let out = match best_failure {
+                Some(r) => {
+                    let out = r.strip_top_via();
+                    ctx.upstream(out.clone());
+                    out
+                }
+                None if cancelled => ctx.reply_local(487, "Request Terminated"),
+                None => ctx.reply_local(fallback.0, fallback.1),
+            };
+            Outcome::Rejected(out)
+        }
+    };
+    if matches!(outcome, Outcome::Rejected(_)) {
+        ctx.proxy.dialogs.remove_early(ctx.req.call_id());
+    }
+    linger(ctx, outcome, attempts).await;
+}
+
+fn note_failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
+    if !last_hop {
+        ctx.proxy
+            .stats
+            .backend_failovers
+            .fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
+    }
+}
+
+fn start_cancel(ctx: &Ctx, a: &Attempt) -> Option<CancelState> {
+    let bytes = a.cancel()?;
+    let t = ctx.proxy.settings.timers;
+    ctx.proxy.transports.send(a.target, bytes.clone());
+    let now = Instant::now();
+    Some(CancelState {
+        bytes,
+        next: (!a.target.transport.is_reliable()).then(|| now + t.t1),
+        interval: t.t1,
+        give_up: now + t.t1x64(),
+    })
+}
+
+fn dialog_id(resp: &Message) -> Option<DialogId> {
+    Some(DialogId::new(
+        resp.call_id(),
+        resp.from_tag()?,
+        resp.to_tag()?,
+    ))
+}
+
+/// A response for an earlier branch (after failover) or a retransmission: ACK a non-2xx final, relay a 2xx.
+fn late_response(ctx: &Ctx, attempts: &[Attempt], resp: &Message) {
+    let code = resp.status().unwrap_or(0);
+    let Some(a) = attempts
+        .iter()
+        .find(|a| response_branch(resp) == Some(&a.branch[..]))
+    else {
+        return;
+    };
+    if (200..300).contains(&code) {
+        ctx.upstream(resp.strip_top_via());
+    } else if code >= 300 {
+        if let Some(ack) = a.ack_for(resp) {
+            ctx.proxy.transports.send(a.target, ack);
+        }
+    }
+}
+
+async fn linger(mut ctx: Ctx, outcome: Outcome, attempts: Vec<Attempt>) {
+    let t = ctx.proxy.settings.timers;
+    let now = Instant::now();
+    match outcome {
+        Outcome::Accepted => {
+            // RFC 6026 Accepted: timers L and M are both 64*T1.
+            let end = now + t.t1x64();
+            loop {
+                tokio::select! {
+                    ev = ctx.rx.recv() => match ev {
+                        Some(TxEvent::Response(r)) => late_response(&ctx, &attempts, &r),
+                        Some(_) => {}
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(end) => return,
+                }
+            }
+        }
+        Outcome::Rejected(fin) => {
+            let up_reliable = ctx.src.transport.is_reliable();
+            let down_unreliable = attempts.iter().any(|a| !a.target.transport.is_reliable());
+            let client_done = now + t.d(!down_unreliable);
+            let mut g_interval = t.t1;
+            let mut timer_g = (!up_reliable).then(|| now + t.t1);
+            let timer_h = now + t.t1x64();
+            let mut end: Option<Instant> = None;
+            loop {
+                let deadline = earliest(&[timer_g, Some(timer_h), end]);
+                tokio::select! {
+                    ev = ctx.rx.recv() => match ev {
+                        Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
+                        Some(TxEvent::Ack) => {
+                            if end.is_none() {
+                                timer_g = None;
+                                end = Some((Instant::now() + t.i_k(up_reliable)).max(client_done));
+                            }
+                        }
+                        Some(TxEvent::Response(r)) => late_response(&ctx, &attempts, &r),
+                        Some(TxEvent::Cancel) => {}
+                        None => return,
+                    },
+                    _ = sleep_opt(deadline) => {
+                        let now = Instant::now();
+                        if due(end, now) || timer_h <= now {
+                            return;
+                        }
+                        if due(timer_g, now) {
+                            ctx.upstream(fin.clone());
+                            g_interval = (g_interval * 2).min(t.t2);
+                            timer_g = Some(now + g_interval);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The non-INVITE proxy transaction (BYE, OPTIONS, REGISTER, INFO, ...): a client transaction per attempt
+//! (timer E retransmits on UDP, F times out), serial failover for initial requests, then the server side's
+//! Completed state (timer J answers retransmissions with the final response; K absorbs late responses).
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::invite::resolve_hop;
+use super::timers::{due, earliest, sleep_opt};
+use super::{response_branch, retryable, Ctx, TxEvent};
+use crate::dialog::DialogId;
+use crate::metrics as m;
+use crate::sip::Method;
+
+pub(crate) async fn run(mut ctx: Ctx) {
+    let t = ctx.proxy.settings.timers;
+    let hops = ctx.plan.hops.clone();
+    let mut last_provisional: Option<Bytes> = None;
+    let mut final_up: Option<Bytes> = None;
+    let mut best_failure: Option<Bytes> = None;
+    let mut fallback = (503, "Service Unavailable");
+    let mut down_reliable = true;
+
+    'hops: for (i, hop) in hops.iter().enumerate() {
+        let last_hop = i + 1 == hops.len();
+        let Some(target) = resolve_hop(hop).await else {
+            continue;
+        };
+        let branch = ctx.new_branch();
+        let fwd = ctx
+            .proxy
+            .build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
+            tracing::info!(to = %target.addr, error = %e, "request not sent, trying the next hop");
+            failover(&ctx, "transport", last_hop);
+            fallback = (503, "Service Unavailable");
+            continue;
+        }
+        down_reliable &= target.transport.is_reliable();
+        let start = Instant::now();
+        let mut e_interval = t.t1;
+        let mut timer_e = (!target.transport.is_reliable()).then(|| start + t.t1);
+        let timer_f = start + t.t1x64();
+        loop {
+            tokio::select! {
+                ev = ctx.rx.recv() => match ev {
+                    None => return,
+                    Some(TxEvent::Retransmit) => {
+                        if let Some(p) = &last_provisional {
+                            ctx.upstream(p.clone());
+                        }
+                    }
+                    Some(TxEvent::Ack | TxEvent::Cancel) => {}
+                    Some(TxEvent::Response(resp)) => {
+                        if response_branch(&resp) != Some(&branch[..]) {
+                            continue; // an earlier attempt's late answer
+                        }
+                        let code = resp.status().unwrap_or(0);
+                        if code < 200 {
+                            // Proceeding: retransmit at T2 from now on (RFC 3261 §17.1.2.2).
+                            if timer_e.is_some() {
+                                e_interval = t.t2;
+                                timer_e = Some(Instant::now() + t.t2);
+                            }
+                            if code > 100 {
+                                let out = resp.strip_top_via();
+                                ctx.upstream(out.clone());
+                                last_provisional = Some(out);
+                            }
+                            continue;
+                        }
+                        if !last_hop && retryable(code) {
+                            failover(&ctx, "response", last_hop);
+                            best_failure = Some(resp.strip_top_via());
+                            continue 'hops;
+                        }
+                        if ctx.req.method() == Some(Method::Bye) && ((200..300).contains(&code) || code == 481) {
+                            if let (Some(a), Some(b)) = (resp.from_tag(), resp.to_tag()) {
+                                ctx.proxy.dialogs.remove(&DialogId::new(resp.call_id(), a, b));
+                            }
+                        }
+                        let out = resp.strip_top_via();
+                        ctx.upstream(out.clone());
+                        final_up = Some(out);
+                        break 'hops;
+                    }
+                },
+                _ = sleep_opt(earliest(&[timer_e, Some(timer_f)])) => {
+                    let now = Instant::now();
+                    if timer_f <= now {
+                        tracing::info!(to = %target.addr, method = ?ctx.req.method(), "no answer (timer F)");
+                        failover(&ctx, "timeout", last_hop);
+                        fallback = (408, "Request Timeout");
+                        continue 'hops;
+                    }
+                    if due(timer_e, now) {
+                        ctx.proxy.transports.send(target, fwd.clone());
+                        e_interval = (e_interval * 2).min(t.t2);
+                        timer_e = Some(now + e_interval);
+                    }
+                }
+            }
+        }
+    }
+
+    let fin = match final_up {
+        Some(f) => f,
+        None => match best_failure {
+            Some(b) => {
+                ctx.upstream(b.clone());
+                b
+            }
+            None => ctx.reply_local(fallback.0, fallback.1),
+        },
+    };
+    // Completed: answer retransmissions for timer J; absorb late responses for timer K.
+    let now = Instant::now();
+    let end = now
+        + t.j(ctx.src.transport.is_reliable())
+            .max(t.i_k(down_reliable));
+    loop {
+        tokio::select! {
+            ev = ctx.rx.recv() => match ev {
+                Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
+                Some(_) => {}
+                None => return,
+            },
+            _ = tokio::time::sleep_until(end) => return,
+        }
+    }
+}
+
+fn failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
+    if !last_hop {
+        ctx.proxy
+            .stats
+            .backend_failovers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
+    }
+}

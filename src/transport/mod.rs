@@ -1,0 +1,275 @@
+//! Sockets: UDP listeners and TCP connections (accepted and opened by us), framing of stream messages, and the
+//! one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
+//! our Via and Record-Route is where answers come back to.
+//!
+//! This module moves bytes; it does not parse SIP beyond stream framing and never decides where a message goes.
+
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use tcp::{frame_stream_message, Framed, TcpPool};
+pub use udp::UdpListener;
+
+use crate::config::ListenAddr;
+
+/// A SIP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// As written in a Via (`SIP/2.0/UDP`).
+    pub fn as_upper(&self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+        }
+    }
+
+    /// As written in a URI parameter and in the config (`transport=tcp`).
+    pub fn as_lower(&self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+
+    /// Whether the transport is reliable (timers A, E, G do not run; D, I, J, K are zero).
+    pub fn is_reliable(&self) -> bool {
+        !matches!(self, Transport::Udp)
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_upper())
+    }
+}
+
+/// Identifies one TCP connection for as long as it lives.
+pub type ConnId = u64;
+
+/// Where a message came from: enough to answer on the same path (RFC 3261 §18.2.2, RFC 3581).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source {
+    pub transport: Transport,
+    pub remote: SocketAddr,
+    /// The connection it arrived on (stream transports).
+    pub conn: Option<ConnId>,
+}
+
+/// Where to send a message: an address on a transport, preferably over a known connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+    pub conn: Option<ConnId>,
+}
+
+impl From<Source> for Target {
+    fn from(s: Source) -> Target {
+        Target {
+            transport: s.transport,
+            addr: s.remote,
+            conn: s.conn,
+        }
+    }
+}
+
+/// A failure to hand a message to the network.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("no {0} listener to send from")]
+    NoListener(Transport),
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("send to {addr} failed: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connection to {0} is closed")]
+    Closed(SocketAddr),
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Receives every message the transports read. Implemented by the proxy; called on the reading task, so it must
+/// not block (it hands slow work to transaction tasks).
+pub trait Inbound: Send + Sync + 'static {
+    fn on_message(&self, data: Bytes, source: Source);
+}
+
+/// The send side of every listener, shared by all tasks.
+///
+/// `capture` replaces the network in deterministic in-process tests (paused tokio time cannot drive real
+/// sockets): every message is handed to the channel instead of a socket.
+#[derive(Clone)]
+pub struct Transports {
+    inner: Arc<TransportsInner>,
+}
+
+struct TransportsInner {
+    udp: Vec<UdpListener>,
+    tcp: Option<TcpPool>,
+    capture: Option<mpsc::UnboundedSender<(Target, Bytes)>>,
+}
+
+impl Transports {
+    /// Bind every listener. Nothing is read until [`Transports::start`].
+    pub async fn bind(
+        listen: &[ListenAddr],
+        max_message_size: usize,
+        tcp_idle: std::time::Duration,
+    ) -> Result<Transports, TransportError> {
+        let mut udp = Vec::new();
+        let mut tcp_addrs = Vec::new();
+        for l in listen {
+            match l.transport {
+                Transport::Udp => udp.push(UdpListener::bind(l.addr)?),
+                Transport::Tcp => tcp_addrs.push(l.addr),
+            }
+        }
+        let tcp = if tcp_addrs.is_empty() {
+            None
+        } else {
+            Some(TcpPool::bind(&tcp_addrs, max_message_size, tcp_idle).await?)
+        };
+        Ok(Transports {
+            inner: Arc::new(TransportsInner {
+                udp,
+                tcp,
+                capture: None,
+            }),
+        })
+    }
+
+    /// Transports that hand every outgoing message to a channel (tests on paused time).
+    pub fn capture(
+        udp_local: SocketAddr,
+    ) -> (Transports, mpsc::UnboundedReceiver<(Target, Bytes)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let udp = vec![UdpListener::unbound(udp_local)];
+        (
+            Transports {
+                inner: Arc::new(TransportsInner {
+                    udp,
+                    tcp: None,
+                    capture: Some(tx),
+                }),
+            },
+            rx,
+        )
+    }
+
+    /// Start reading every listener into `inbound` until `shutdown`.
+    pub fn start(&self, inbound: Arc<dyn Inbound>, shutdown: &CancellationToken) {
+        for u in &self.inner.udp {
+            u.start(inbound.clone(), shutdown.child_token());
+        }
+        if let Some(t) = &self.inner.tcp {
+            t.start(inbound, shutdown.child_token());
+        }
+    }
+
+    /// The local address of the first listener of a transport (the port goes into our Via and Record-Route).
+    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        match transport {
+            Transport::Udp => self.inner.udp.first().map(|u| u.local_addr()),
+            Transport::Tcp => self
+                .inner
+                .tcp
+                .as_ref()
+                .and_then(|t| t.local_addrs().first().copied()),
+        }
+    }
+
+    /// Every local listener address with its transport.
+    pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .inner
+            .udp
+            .iter()
+            .map(|u| (Transport::Udp, u.local_addr()))
+            .collect();
+        if let Some(t) = &self.inner.tcp {
+            v.extend(t.local_addrs().iter().map(|a| (Transport::Tcp, *a)));
+        }
+        v
+    }
+
+    /// Whether a TCP connection is still open.
+    pub fn conn_alive(&self, conn: ConnId) -> bool {
+        self.inner.tcp.as_ref().is_some_and(|t| t.is_alive(conn))
+    }
+
+    /// Send without waiting. UDP goes out at once; a TCP message is queued on its connection, or a task opens
+    /// the connection. Failures are logged and counted; use [`Transports::send_wait`] to learn about them.
+    pub fn send(&self, target: Target, data: Bytes) {
+        if let Some(c) = &self.inner.capture {
+            let _ = c.send((target, data));
+            return;
+        }
+        match target.transport {
+            Transport::Udp => match self.udp_for(target.addr) {
+                Some(u) => u.send(target.addr, data),
+                None => {
+                    tracing::warn!(to = %target.addr, "no UDP listener for this address family")
+                }
+            },
+            Transport::Tcp => {
+                if let Some(t) = &self.inner.tcp {
+                    t.send_nowait(target, data);
+                }
+            }
+        }
+    }
+
+    /// Send and report whether the message reached the socket (TCP: the connection exists or could be opened).
+    pub async fn send_wait(&self, target: Target, data: Bytes) -> Result<(), TransportError> {
+        if let Some(c) = &self.inner.capture {
+            let _ = c.send((target, data));
+            return Ok(());
+        }
+        match target.transport {
+            Transport::Udp => {
+                let u = self
+                    .udp_for(target.addr)
+                    .ok_or(TransportError::NoListener(Transport::Udp))?;
+                u.send_wait(target.addr, data).await
+            }
+            Transport::Tcp => {
+                let t = self
+                    .inner
+                    .tcp
+                    .as_ref()
+                    .ok_or(TransportError::NoListener(Transport::Tcp))?;
+                t.send(target, data).await
+            }
+        }
+    }
+
+    fn udp_for(&self, to: SocketAddr) -> Option<&UdpListener> {
+        let udp = &self.inner.udp;
+        udp.iter()
+            .find(|u| u.local_addr().is_ipv4() == to.is_ipv4())
+            .or_else(|| udp.first())
+    }
+}
