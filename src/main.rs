@@ -14,11 +14,7 @@ use sipfront::server::Server;
 const DEFAULT_CONFIG: &str = include_str!("../config/single-node.toml");
 
 #[derive(Parser)]
-#[command(
-    name = "sipfront",
-    version,
-    about = "A stateful SIP front door for a highly available PBX cluster"
-)]
+#[command(name = "sipfront", version, about = "A stateful SIP front door for a highly available PBX cluster")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,10 +58,7 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&cfg.log.level);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -88,10 +81,7 @@ fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {

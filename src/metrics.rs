@@ -20,24 +20,12 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge};
     describe_counter!(REQUESTS, "SIP requests received, by method");
     describe_counter!(RESPONSES, "SIP responses received, by class");
-    describe_counter!(
-        MALFORMED_DROPPED,
-        "Unparseable messages dropped without a reply, by reason"
-    );
-    describe_counter!(
-        MALFORMED_REJECTED,
-        "Malformed requests answered with 400, by reason"
-    );
-    describe_counter!(
-        RETRANSMISSIONS_ABSORBED,
-        "Request retransmissions absorbed by a transaction"
-    );
+    describe_counter!(MALFORMED_DROPPED, "Unparseable messages dropped without a reply, by reason");
+    describe_counter!(MALFORMED_REJECTED, "Malformed requests answered with 400, by reason");
+    describe_counter!(RETRANSMISSIONS_ABSORBED, "Request retransmissions absorbed by a transaction");
     describe_counter!(TRANSACTIONS, "Proxy transactions created, by kind");
     describe_gauge!(TRANSACTIONS_ACTIVE, "Proxy transactions alive now");
-    describe_counter!(
-        BACKEND_FAILOVERS,
-        "Initial requests moved to the next backend, by reason"
-    );
+    describe_counter!(BACKEND_FAILOVERS, "Initial requests moved to the next backend, by reason");
     describe_gauge!(DIALOGS_ACTIVE, "Dialogs in the dialog table");
     describe_counter!(TRANSPORT_RX_BYTES, "Bytes read, by transport");
     describe_counter!(TRANSPORT_TX_BYTES, "Bytes written, by transport");

@@ -26,12 +26,8 @@ pub struct Server {
 impl Server {
     /// Bind every listener and start serving. Fails if a listener cannot be bound.
     pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Server, Error> {
-        let transports = Transports::bind(
-            &cfg.sip.listen,
-            cfg.sip.max_message_size,
-            cfg.sip.tcp_idle_timeout.get(),
-        )
-        .await?;
+        let transports =
+            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get()).await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
         let proxy = Proxy::new(Settings::from_config(cfg), transports.clone(), routing);
         transports.start(Arc::new(ProxyInbound(proxy.clone())), &shutdown);

@@ -29,13 +29,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if digits == 0 {
-        return Err(format!(
-            "`{s}` is not a duration: expected a number with a unit, like \"500ms\" or \"32s\""
-        ));
+        return Err(format!("`{s}` is not a duration: expected a number with a unit, like \"500ms\" or \"32s\""));
     }
-    let n: u64 = s[..digits]
-        .parse()
-        .map_err(|_| format!("`{s}`: number too large"))?;
+    let n: u64 = s[..digits].parse().map_err(|_| format!("`{s}`: number too large"))?;
     let ms = match s[digits..].trim() {
         "ms" => Some(n),
         "s" => n.checked_mul(1_000),
@@ -44,8 +40,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" => return Err(format!("`{s}` has no unit: write \"{n}ms\" or \"{n}s\"")),
         u => return Err(format!("`{s}`: unknown unit `{u}` (use ms, s, m or h)")),
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("`{s}`: too large"))
+    ms.map(Duration::from_millis).ok_or_else(|| format!("`{s}`: too large"))
 }
 
 impl<'de> Deserialize<'de> for ConfigDuration {

@@ -20,10 +20,7 @@ use crate::transport::Transport;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     /// TOML syntax, a wrong type, a missing or unknown key; toml's message names the key and line.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
@@ -32,10 +29,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
 /// The whole file.
@@ -74,22 +68,16 @@ pub struct ListenAddr {
 impl std::str::FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (proto, addr) = s.split_once(':').ok_or_else(|| {
-            format!("`{s}`: expected TRANSPORT:IP:PORT, like \"udp:0.0.0.0:5060\"")
-        })?;
+        let (proto, addr) =
+            s.split_once(':').ok_or_else(|| format!("`{s}`: expected TRANSPORT:IP:PORT, like \"udp:0.0.0.0:5060\""))?;
         let transport = match proto.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            "tls" | "ws" | "wss" => {
-                return Err(format!(
-                    "`{s}`: transport `{proto}` is not supported yet (udp, tcp)"
-                ))
-            }
+            "tls" | "ws" | "wss" => return Err(format!("`{s}`: transport `{proto}` is not supported yet (udp, tcp)")),
             _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp)")),
         };
-        let addr: SocketAddr = addr
-            .parse()
-            .map_err(|_| format!("`{s}`: `{addr}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
+        let addr: SocketAddr =
+            addr.parse().map_err(|_| format!("`{s}`: `{addr}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
         Ok(ListenAddr { transport, addr })
     }
 }
@@ -226,9 +214,7 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: default_log_level(),
-        }
+        LogConfig { level: default_log_level() }
     }
 }
 
@@ -261,17 +247,10 @@ pub struct BackendTarget {
 impl BackendConfig {
     /// Parse the URI into an address and transport.
     pub fn target(&self) -> Result<BackendTarget, String> {
-        let uri = SipUri::parse(self.uri.as_bytes()).ok_or_else(|| {
-            format!(
-                "`{}` is not a sip: URI like \"sip:10.0.0.5:5060;transport=udp\"",
-                self.uri
-            )
-        })?;
+        let uri = SipUri::parse(self.uri.as_bytes())
+            .ok_or_else(|| format!("`{}` is not a sip: URI like \"sip:10.0.0.5:5060;transport=udp\"", self.uri))?;
         let ip: IpAddr = uri.host_port.ip().ok_or_else(|| {
-            format!(
-                "`{}`: the host must be an IP address (no DNS lookups on the call path)",
-                self.uri
-            )
+            format!("`{}`: the host must be an IP address (no DNS lookups on the call path)", self.uri)
         })?;
         let transport = match uri.transport() {
             None => Transport::Udp,
@@ -286,90 +265,56 @@ impl BackendConfig {
             }
         };
         if uri.sips {
-            return Err(format!(
-                "`{}`: sips: needs TLS, which is not supported yet",
-                self.uri
-            ));
+            return Err(format!("`{}`: sips: needs TLS, which is not supported yet", self.uri));
         }
-        Ok(BackendTarget {
-            addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)),
-            transport,
-        })
+        Ok(BackendTarget { addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)), transport })
     }
 }
 
 impl Config {
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.display().to_string(),
-                message,
-            },
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.display().to_string(), message },
             other => other,
         })
     }
 
     /// Parse and validate TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<config>".into(),
-            message: e.to_string().trim_end().into(),
-        })?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: "<config>".into(), message: e.to_string().trim_end().into() })?;
         cfg.validate()
     }
 
     /// Cross-field rules.
     pub fn validate(self) -> Result<Config, ConfigError> {
         if !(1..=255).contains(&self.node.id) {
-            return Err(invalid(
-                "node.id",
-                format!("{} is out of range 1..=255", self.node.id),
-            ));
+            return Err(invalid("node.id", format!("{} is out of range 1..=255", self.node.id)));
         }
         if self.node.name.trim().is_empty() {
             return Err(invalid("node.name", "must not be empty"));
         }
         if self.sip.listen.is_empty() {
-            return Err(invalid(
-                "sip.listen",
-                "needs at least one listener, like \"udp:0.0.0.0:5060\"",
-            ));
+            return Err(invalid("sip.listen", "needs at least one listener, like \"udp:0.0.0.0:5060\""));
         }
         for (i, l) in self.sip.listen.iter().enumerate() {
             if self.sip.listen[..i].contains(l) {
-                return Err(invalid(
-                    format!("sip.listen[{i}]"),
-                    format!("`{l}` is listed twice"),
-                ));
+                return Err(invalid(format!("sip.listen[{i}]"), format!("`{l}` is listed twice")));
             }
         }
         let adv = self.sip.advertise.trim();
-        if adv.is_empty()
-            || adv.contains(|c: char| {
-                c.is_whitespace() || matches!(c, ';' | '<' | '>' | '@' | ',' | '"')
-            })
+        if adv.is_empty() || adv.contains(|c: char| c.is_whitespace() || matches!(c, ';' | '<' | '>' | '@' | ',' | '"'))
         {
-            return Err(invalid(
-                "sip.advertise",
-                format!("`{adv}` is not a host name or IP address"),
-            ));
+            return Err(invalid("sip.advertise", format!("`{adv}` is not a host name or IP address")));
         }
         if adv.contains(':') && adv.parse::<IpAddr>().is_err() {
-            return Err(invalid(
-                "sip.advertise",
-                "write the host only; the port comes from each listener",
-            ));
+            return Err(invalid("sip.advertise", "write the host only; the port comes from each listener"));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.sip.max_message_size) {
-            return Err(invalid(
-                "sip.max_message_size",
-                "must be between 1024 and 16777216 bytes",
-            ));
+            return Err(invalid("sip.max_message_size", "must be between 1024 and 16777216 bytes"));
         }
         if !(1..=255).contains(&self.sip.max_forwards) {
             return Err(invalid("sip.max_forwards", "must be between 1 and 255"));
@@ -382,16 +327,10 @@ impl Config {
             return Err(invalid("timers.t1", "must be at least 10ms"));
         }
         if t.t2 < t.t1 {
-            return Err(invalid(
-                "timers.t2",
-                format!("{} is shorter than t1 ({})", t.t2, t.t1),
-            ));
+            return Err(invalid("timers.t2", format!("{} is shorter than t1 ({})", t.t2, t.t1)));
         }
         if t.timer_c.get() < Duration::from_secs(1) {
-            return Err(invalid(
-                "timers.timer_c",
-                "must be at least 1s (RFC 3261: more than 3 minutes)",
-            ));
+            return Err(invalid("timers.timer_c", "must be at least 1s (RFC 3261: more than 3 minutes)"));
         }
         if self.backends.is_empty() {
             return Err(invalid("backend", "at least one [[backend]] is needed"));
@@ -402,36 +341,19 @@ impl Config {
                 return Err(invalid(key("name"), "must not be empty"));
             }
             if self.backends[..i].iter().any(|o| o.name == b.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}` is used by two backends", b.name),
-                ));
+                return Err(invalid(key("name"), format!("`{}` is used by two backends", b.name)));
             }
             let target = b.target().map_err(|r| invalid(key("uri"), r))?;
-            if self.backends[..i]
-                .iter()
-                .any(|o| o.target().ok() == Some(target))
-            {
-                return Err(invalid(
-                    key("uri"),
-                    format!("`{}` is the same address as another backend", b.uri),
-                ));
+            if self.backends[..i].iter().any(|o| o.target().ok() == Some(target)) {
+                return Err(invalid(key("uri"), format!("`{}` is the same address as another backend", b.uri)));
             }
             if b.weight == 0 {
                 return Err(invalid(key("weight"), "must be at least 1"));
             }
-            if !self
-                .sip
-                .listen
-                .iter()
-                .any(|l| l.transport == target.transport)
-            {
+            if !self.sip.listen.iter().any(|l| l.transport == target.transport) {
                 return Err(invalid(
                     key("uri"),
-                    format!(
-                        "uses {} but sip.listen has no {} listener",
-                        target.transport, target.transport
-                    ),
+                    format!("uses {} but sip.listen has no {} listener", target.transport, target.transport),
                 ));
             }
         }

@@ -18,11 +18,7 @@ pub struct DialogId(Bytes);
 
 impl DialogId {
     pub fn new(call_id: &[u8], tag_a: &[u8], tag_b: &[u8]) -> DialogId {
-        let (lo, hi) = if tag_a <= tag_b {
-            (tag_a, tag_b)
-        } else {
-            (tag_b, tag_a)
-        };
+        let (lo, hi) = if tag_a <= tag_b { (tag_a, tag_b) } else { (tag_b, tag_a) };
         let mut b = BytesMut::with_capacity(call_id.len() + lo.len() + hi.len() + 2);
         b.put_slice(call_id);
         b.put_u8(0);
@@ -97,15 +93,7 @@ impl DialogTable {
 
     /// A provisional response with a To tag: an early dialog.
     pub fn early(&self, id: DialogId, backend: Option<usize>) {
-        self.insert_if_new(
-            id,
-            Dialog {
-                state: DialogState::Early,
-                backend,
-                created: Instant::now(),
-                confirmed: None,
-            },
-        );
+        self.insert_if_new(id, Dialog { state: DialogState::Early, backend, created: Instant::now(), confirmed: None });
     }
 
     /// A 2xx to the INVITE: the dialog is confirmed.
@@ -116,15 +104,7 @@ impl DialogTable {
             d.confirmed.get_or_insert(now);
             return;
         }
-        self.insert_if_new(
-            id,
-            Dialog {
-                state: DialogState::Confirmed,
-                backend,
-                created: now,
-                confirmed: Some(now),
-            },
-        );
+        self.insert_if_new(id, Dialog { state: DialogState::Confirmed, backend, created: now, confirmed: Some(now) });
     }
 
     /// BYE answered, INVITE failed, or 481: the dialog is gone.
@@ -174,15 +154,8 @@ mod tests {
         t.early(DialogId::new(b"c1", b"caller", b"callee"), Some(0));
         t.confirm(DialogId::new(b"c1", b"callee", b"caller"), Some(0));
         assert_eq!(t.len(), 1);
-        assert_eq!(
-            t.get(&DialogId::new(b"c1", b"caller", b"callee"))
-                .unwrap()
-                .state,
-            DialogState::Confirmed
-        );
-        assert!(t
-            .remove(&DialogId::new(b"c1", b"callee", b"caller"))
-            .is_some());
+        assert_eq!(t.get(&DialogId::new(b"c1", b"caller", b"callee")).unwrap().state, DialogState::Confirmed);
+        assert!(t.remove(&DialogId::new(b"c1", b"callee", b"caller")).is_some());
         assert!(t.is_empty());
     }
 

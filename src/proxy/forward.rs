@@ -22,13 +22,7 @@ impl Proxy {
 
     fn via_value(&self, t: Transport, branch: &[u8]) -> String {
         let mut s = String::with_capacity(80);
-        let _ = write!(
-            s,
-            "SIP/2.0/{} {}:{};branch=",
-            t.as_upper(),
-            self.settings.advertise,
-            self.port_for(t)
-        );
+        let _ = write!(s, "SIP/2.0/{} {}:{};branch=", t.as_upper(), self.settings.advertise, self.port_for(t));
         s.push_str(std::str::from_utf8(branch).unwrap_or_default());
         s
     }
@@ -86,9 +80,7 @@ impl Proxy {
             Ok(p) => p,
             Err((code, reason)) => {
                 tracing::debug!(code, reason, "stateless ACK not routable, dropped");
-                self.stats
-                    .unroutable_acks
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats.unroutable_acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return;
             }
         };
@@ -99,22 +91,11 @@ impl Proxy {
         let bytes = self.build_forward(&req, src, &plan, hop.transport(), &branch);
         match hop.addr {
             HopAddr::Resolved(t) => self.transports.send(t, bytes),
-            HopAddr::Name {
-                host,
-                port,
-                transport,
-            } => {
+            HopAddr::Name { host, port, transport } => {
                 let this = self.clone();
                 tokio::spawn(async move {
                     if let Some(addr) = resolve(&host, port).await {
-                        this.transports.send(
-                            Target {
-                                transport,
-                                addr,
-                                conn: None,
-                            },
-                            bytes,
-                        );
+                        this.transports.send(Target { transport, addr, conn: None }, bytes);
                     }
                 });
             }
@@ -123,11 +104,7 @@ impl Proxy {
 
     /// Relay a response by its second Via (our Via removed): received/rport when present, else sent-by.
     pub(crate) fn relay_response_stateless(&self, resp: &Message) {
-        let Some(next) = resp
-            .header_values(HeaderName::Via)
-            .nth(1)
-            .and_then(Via::parse)
-        else {
+        let Some(next) = resp.header_values(HeaderName::Via).nth(1).and_then(Via::parse) else {
             return;
         };
         let transport = match next.transport {
@@ -135,23 +112,11 @@ impl Proxy {
             ViaTransport::Tcp => Transport::Tcp,
             _ => return,
         };
-        let ip = next
-            .received()
-            .and_then(|r| std::str::from_utf8(r).ok()?.parse().ok())
-            .or_else(|| next.sent_by.ip());
+        let ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()).or_else(|| next.sent_by.ip());
         let Some(ip) = ip else { return };
         let port = next.rport().flatten().or(next.sent_by.port).unwrap_or(5060);
-        self.stats
-            .stateless_responses
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.transports.send(
-            Target {
-                transport,
-                addr: SocketAddr::new(ip, port),
-                conn: None,
-            },
-            resp.strip_top_via(),
-        );
+        self.stats.stateless_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.transports.send(Target { transport, addr: SocketAddr::new(ip, port), conn: None }, resp.strip_top_via());
     }
 }
 

@@ -20,9 +20,8 @@ impl Proxy {
     pub(crate) fn local_answer(&self, req: &Message, _src: Source) -> Option<(u16, &'static str)> {
         let method = req.method()?;
         let to_us = req.header(HeaderName::Route).is_none()
-            && SipUri::parse(req.request_uri()).is_some_and(|u| {
-                u.user.is_none() && self.is_own(u.host_port.host, u.host_port.port)
-            });
+            && SipUri::parse(req.request_uri())
+                .is_some_and(|u| u.user.is_none() && self.is_own(u.host_port.host, u.host_port.port));
         if method == Method::Options && (to_us || req.max_forwards() == Some(0)) {
             return Some((200, "OK"));
         }
@@ -44,10 +43,7 @@ impl Proxy {
         }
         let unsupported: Vec<u8>;
         if code == 420 {
-            unsupported = req
-                .header_values(HeaderName::ProxyRequire)
-                .collect::<Vec<_>>()
-                .join(&b", "[..]);
+            unsupported = req.header_values(HeaderName::ProxyRequire).collect::<Vec<_>>().join(&b", "[..]);
             b = b.header("Unsupported", &unsupported);
         }
         if code == 200 && req.method() == Some(Method::Options) {
@@ -64,9 +60,7 @@ impl Proxy {
     pub(crate) fn on_malformed(self: &Arc<Self>, data: Bytes, err: ParseError, src: Source) {
         match Message::parse_for_reply(data) {
             Some(req) if req.method() != Some(Method::Ack) => {
-                self.stats
-                    .malformed_rejected
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.malformed_rejected.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::MALFORMED_REJECTED, "reason" => err.reason()).increment(1);
                 tracing::debug!(from = %src.remote, reason = err.reason(), "malformed request, answering 400");
                 let reason = format!("Bad Request ({})", err.reason());

@@ -76,10 +76,7 @@ impl Proxy {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
             );
             h.finish()
         };
@@ -153,9 +150,7 @@ impl Proxy {
             _ => {
                 let key = ServerKey::for_request(&req, method);
                 if let Some(tx) = self.txs.server(&key) {
-                    self.stats
-                        .retransmissions_absorbed
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.stats.retransmissions_absorbed.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::RETRANSMISSIONS_ABSORBED).increment(1);
                     let _ = tx.send(TxEvent::Retransmit);
                     return;

@@ -16,11 +16,7 @@ pub enum HopAddr {
     /// A resolved address (and maybe a known connection).
     Resolved(Target),
     /// A host name to look up on the transaction task.
-    Name {
-        host: String,
-        port: u16,
-        transport: Transport,
-    },
+    Name { host: String, port: u16, transport: Transport },
 }
 
 #[derive(Debug, Clone)]
@@ -77,10 +73,7 @@ impl Proxy {
     pub(crate) fn is_own(&self, host: &[u8], port: Option<u16>) -> bool {
         let host_ours = host.eq_ignore_ascii_case(self.settings.advertise.as_bytes())
             || self.own_addrs.iter().any(|(_, a)| {
-                std::str::from_utf8(host)
-                    .ok()
-                    .and_then(|h| h.parse::<std::net::IpAddr>().ok())
-                    == Some(a.ip())
+                std::str::from_utf8(host).ok().and_then(|h| h.parse::<std::net::IpAddr>().ok()) == Some(a.ip())
             });
         if !host_ours {
             return false;
@@ -104,9 +97,7 @@ impl Proxy {
             }
             p.count += 1;
             p.transport = transport_param(&uri).or(Some(Transport::Udp));
-            if let Some(ft) =
-                find_param(uri.params, "ft").and_then(|f| std::str::from_utf8(f).ok()?.parse().ok())
-            {
+            if let Some(ft) = find_param(uri.params, "ft").and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()) {
                 p.flow = Some(ft);
             }
         }
@@ -161,24 +152,11 @@ impl Proxy {
             Some(ip) => {
                 let addr = SocketAddr::new(ip, port);
                 let backend = self.routing.backend_at(addr);
-                let transport = backend
-                    .map(|b| self.routing.backends()[b].transport)
-                    .unwrap_or(transport);
-                Ok(Hop {
-                    addr: HopAddr::Resolved(Target {
-                        transport,
-                        addr,
-                        conn: None,
-                    }),
-                    backend,
-                })
+                let transport = backend.map(|b| self.routing.backends()[b].transport).unwrap_or(transport);
+                Ok(Hop { addr: HopAddr::Resolved(Target { transport, addr, conn: None }), backend })
             }
             None => Ok(Hop {
-                addr: HopAddr::Name {
-                    host: String::from_utf8_lossy(u.host_port.host).into_owned(),
-                    port,
-                    transport,
-                },
+                addr: HopAddr::Name { host: String::from_utf8_lossy(u.host_port.host).into_owned(), port, transport },
                 backend: None,
             }),
         }
@@ -189,10 +167,7 @@ impl Proxy {
         self.routing
             .plan()
             .into_iter()
-            .map(|i| Hop {
-                addr: HopAddr::Resolved(backends[i].target()),
-                backend: Some(i),
-            })
+            .map(|i| Hop { addr: HopAddr::Resolved(backends[i].target()), backend: Some(i) })
             .collect()
     }
 
@@ -212,14 +187,11 @@ impl Proxy {
         let next_route = req.header_values(HeaderName::Route).nth(popped.count);
         let hops = if let Some(route) = next_route {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
-            let uri = parse_name_addr(route)
-                .ok_or((400, "Bad Request: malformed Route"))?
-                .uri;
+            let uri = parse_name_addr(route).ok_or((400, "Bad Request: malformed Route"))?.uri;
             vec![self.hop_for_uri(uri, None)?]
         } else if popped.count > 0 || !initial || self.from_backend(req, src) {
             let ruri = req.request_uri();
-            let ruri_ours = SipUri::parse(ruri)
-                .is_some_and(|u| self.is_own(u.host_port.host, u.host_port.port));
+            let ruri_ours = SipUri::parse(ruri).is_some_and(|u| self.is_own(u.host_port.host, u.host_port.port));
             if ruri_ours && self.from_backend(req, src) {
                 return Err((404, "Not Found"));
             }

@@ -21,11 +21,7 @@ pub struct Backend {
 
 impl Backend {
     pub fn target(&self) -> Target {
-        Target {
-            transport: self.transport,
-            addr: self.addr,
-            conn: None,
-        }
+        Target { transport: self.transport, addr: self.addr, conn: None }
     }
 }
 
@@ -54,11 +50,7 @@ impl Routing {
             })
             .collect();
         backends.sort_by_key(|b| b.priority); // stable: config order breaks ties
-        Routing {
-            backends,
-            policy,
-            cursor: AtomicU64::new(0),
-        }
+        Routing { backends, policy, cursor: AtomicU64::new(0) }
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -74,8 +66,7 @@ impl Routing {
     /// whether the IP does.
     pub fn is_backend_source(&self, addr: SocketAddr, transport: Transport) -> bool {
         self.backends.iter().any(|b| {
-            b.addr == addr
-                || (transport.is_reliable() && b.addr.ip() == addr.ip() && b.transport == transport)
+            b.addr == addr || (transport.is_reliable() && b.addr.ip() == addr.ip() && b.transport == transport)
         })
     }
 
@@ -85,15 +76,8 @@ impl Routing {
         let mut order: Vec<usize> = (0..self.backends.len()).collect();
         if self.policy == Policy::Balanced && !self.backends.is_empty() {
             let best = self.backends[0].priority;
-            let tier: Vec<usize> = order
-                .iter()
-                .copied()
-                .filter(|&i| self.backends[i].priority == best)
-                .collect();
-            let total: u64 = tier
-                .iter()
-                .map(|&i| u64::from(self.backends[i].weight))
-                .sum();
+            let tier: Vec<usize> = order.iter().copied().filter(|&i| self.backends[i].priority == best).collect();
+            let total: u64 = tier.iter().map(|&i| u64::from(self.backends[i].weight)).sum();
             let mut pick = self.cursor.fetch_add(1, Ordering::Relaxed) % total.max(1);
             let mut first = tier[0];
             for &i in &tier {
@@ -116,37 +100,20 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, port: u16, priority: u32, weight: u32) -> BackendConfig {
-        BackendConfig {
-            name: name.into(),
-            uri: format!("sip:127.0.0.1:{port}"),
-            priority,
-            weight,
-        }
+        BackendConfig { name: name.into(), uri: format!("sip:127.0.0.1:{port}"), priority, weight }
     }
 
     #[test]
     fn active_standby_prefers_lowest_priority() {
-        let r = Routing::new(
-            &[cfg("b", 2, 2, 1), cfg("a", 1, 1, 1)],
-            Policy::ActiveStandby,
-        );
+        let r = Routing::new(&[cfg("b", 2, 2, 1), cfg("a", 1, 1, 1)], Policy::ActiveStandby);
         for _ in 0..3 {
-            assert_eq!(
-                r.plan()
-                    .iter()
-                    .map(|&i| r.backends()[i].name.as_str())
-                    .collect::<Vec<_>>(),
-                ["a", "b"]
-            );
+            assert_eq!(r.plan().iter().map(|&i| r.backends()[i].name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         }
     }
 
     #[test]
     fn balanced_follows_weights_within_best_tier() {
-        let r = Routing::new(
-            &[cfg("a", 1, 1, 3), cfg("b", 2, 1, 1), cfg("c", 3, 5, 9)],
-            Policy::Balanced,
-        );
+        let r = Routing::new(&[cfg("a", 1, 1, 3), cfg("b", 2, 1, 1), cfg("c", 3, 5, 9)], Policy::Balanced);
         let mut counts = [0; 3];
         for _ in 0..400 {
             let plan = r.plan();

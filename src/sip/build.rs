@@ -259,14 +259,7 @@ pub struct ResponseBuilder<'a> {
 
 impl<'a> ResponseBuilder<'a> {
     pub fn new(req: &'a Message, code: u16, reason: &'a str) -> Self {
-        ResponseBuilder {
-            req,
-            code,
-            reason,
-            source: None,
-            to_tag: None,
-            extra: Vec::new(),
-        }
+        ResponseBuilder { req, code, reason, source: None, to_tag: None, extra: Vec::new() }
     }
 
     /// Fill received/rport of the top Via from where the request came from.

@@ -86,10 +86,7 @@ mod tests {
         assert_eq!(HeaderName::from_bytes(b"v"), HeaderName::Via);
         assert_eq!(HeaderName::from_bytes(b"I"), HeaderName::CallId);
         assert_eq!(HeaderName::from_bytes(b"call-id"), HeaderName::CallId);
-        assert_eq!(
-            HeaderName::from_bytes(b"RECORD-ROUTE"),
-            HeaderName::RecordRoute
-        );
+        assert_eq!(HeaderName::from_bytes(b"RECORD-ROUTE"), HeaderName::RecordRoute);
         assert_eq!(HeaderName::from_bytes(b"l"), HeaderName::ContentLength);
         assert_eq!(HeaderName::from_bytes(b"X-Foo"), HeaderName::Other);
         assert_eq!(HeaderName::from_bytes(b"s"), HeaderName::Other);

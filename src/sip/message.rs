@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+pub use super::error::ParseError;
 use super::header::HeaderName;
 use super::method::Method;
 use super::values::{split_list, Via};
@@ -13,82 +14,11 @@ use super::values::{split_list, Via};
 /// Header fields indexed inline; more spill to the heap (allowed, just not on the common path).
 pub const MAX_HEADERS: usize = 40;
 
-/// Why a message could not be parsed. The text is used as the reason phrase / Warning of our 400.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
-    #[error("empty message")]
-    Empty,
-    #[error("header section not terminated")]
-    Truncated,
-    #[error("bad start line")]
-    BadStartLine,
-    #[error("unsupported SIP version")]
-    BadVersion,
-    #[error("bad status code")]
-    BadStatus,
-    #[error("malformed header line")]
-    BadHeaderLine,
-    #[error("bad Content-Length")]
-    BadContentLength,
-    #[error("Content-Length larger than the message")]
-    BodyTruncated,
-    #[error("missing Via")]
-    MissingVia,
-    #[error("bad Via")]
-    BadVia,
-    #[error("missing Call-ID")]
-    MissingCallId,
-    #[error("missing or bad CSeq")]
-    BadCSeq,
-    #[error("CSeq method does not match request method")]
-    CSeqMethodMismatch,
-    #[error("missing From")]
-    MissingFrom,
-    #[error("missing To")]
-    MissingTo,
-    #[error("bad Max-Forwards")]
-    BadMaxForwards,
-    #[error("message too large")]
-    TooLarge,
-}
-
-impl ParseError {
-    /// The reason text as a static str (used as reason phrase and in counters).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ParseError::Empty => "empty message",
-            ParseError::Truncated => "header section not terminated",
-            ParseError::BadStartLine => "bad start line",
-            ParseError::BadVersion => "unsupported SIP version",
-            ParseError::BadStatus => "bad status code",
-            ParseError::BadHeaderLine => "malformed header line",
-            ParseError::BadContentLength => "bad Content-Length",
-            ParseError::BodyTruncated => "Content-Length larger than the message",
-            ParseError::MissingVia => "missing Via",
-            ParseError::BadVia => "bad Via",
-            ParseError::MissingCallId => "missing Call-ID",
-            ParseError::BadCSeq => "missing or bad CSeq",
-            ParseError::CSeqMethodMismatch => "CSeq method does not match request method",
-            ParseError::MissingFrom => "missing From",
-            ParseError::MissingTo => "missing To",
-            ParseError::BadMaxForwards => "bad Max-Forwards",
-            ParseError::TooLarge => "message too large",
-        }
-    }
-}
-
 /// The first line: a request or a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartLine {
-    Request {
-        method: Method,
-        method_raw: Range<u32>,
-        uri: Range<u32>,
-    },
-    Response {
-        code: u16,
-        reason: Range<u32>,
-    },
+    Request { method: Method, method_raw: Range<u32>, uri: Range<u32> },
+    Response { code: u16, reason: Range<u32> },
 }
 
 /// One header field line (folded continuation lines included): where its name and value are in the buffer.
@@ -105,13 +35,8 @@ pub struct HeaderField {
     pub line_end: u32,
 }
 
-const EMPTY_FIELD: HeaderField = HeaderField {
-    name: HeaderName::Other,
-    line_start: 0,
-    name_end: 0,
-    value: (0, 0),
-    line_end: 0,
-};
+const EMPTY_FIELD: HeaderField =
+    HeaderField { name: HeaderName::Other, line_start: 0, name_end: 0, value: (0, 0), line_end: 0 };
 
 /// A parsed SIP message over a shared buffer. Cloning is cheap (the buffer is reference-counted).
 #[derive(Clone)]
@@ -131,10 +56,7 @@ pub struct Message {
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Message")
-            .field("start", &self.start)
-            .field("len", &self.buf.len())
-            .finish()
+        f.debug_struct("Message").field("start", &self.start).field("len", &self.buf.len()).finish()
     }
 }
 
@@ -165,11 +87,7 @@ fn parse_u32(b: &[u8]) -> Option<u32> {
 /// Where a line ending at or after `from` ends: (end of content, start of next line). Accepts CRLF and bare LF.
 fn line_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
     let nl = from + memchr::memchr(b'\n', &buf[from..])?;
-    let end = if nl > from && buf[nl - 1] == b'\r' {
-        nl - 1
-    } else {
-        nl
-    };
+    let end = if nl > from && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
     Some((end, nl + 1))
 }
 
@@ -239,8 +157,7 @@ impl Message {
                 next = after;
                 continue;
             }
-            let colon =
-                next + memchr::memchr(b':', &b[next..end]).ok_or(ParseError::BadHeaderLine)?;
+            let colon = next + memchr::memchr(b':', &b[next..end]).ok_or(ParseError::BadHeaderLine)?;
             let (ns, ne) = trim_range(b, next, colon);
             if ns != next || ne == ns || !b[ns..ne].iter().all(|c| is_token_char(*c)) {
                 return Err(ParseError::BadHeaderLine);
@@ -285,10 +202,7 @@ impl Message {
                 }
                 HeaderName::CSeq if !seen[1] => {
                     let v = &b[f.value.0 as usize..f.value.1 as usize];
-                    let sp = v
-                        .iter()
-                        .position(|c| *c == b' ' || *c == b'\t')
-                        .ok_or(ParseError::BadCSeq)?;
+                    let sp = v.iter().position(|c| *c == b' ' || *c == b'\t').ok_or(ParseError::BadCSeq)?;
                     msg.cseq = parse_u32(&v[..sp]).ok_or(ParseError::BadCSeq)?;
                     let m = trim_range(v, sp, v.len());
                     if m.0 == m.1 {
@@ -315,10 +229,7 @@ impl Message {
         if !seen[3] {
             return Err(ParseError::MissingTo);
         }
-        if let StartLine::Request {
-            method, method_raw, ..
-        } = &msg.start
-        {
+        if let StartLine::Request { method, method_raw, .. } = &msg.start {
             let raw = &b[method_raw.start as usize..method_raw.end as usize];
             let cseq_raw = msg.cseq_method_raw_in(b);
             if *method != msg.cseq_method || (*method == Method::Other && raw != cseq_raw) {
@@ -432,9 +343,7 @@ impl Message {
     /// The method token as written (for `Other` methods).
     pub fn method_bytes(&self) -> &[u8] {
         match &self.start {
-            StartLine::Request { method_raw, .. } => {
-                &self.buf[method_raw.start as usize..method_raw.end as usize]
-            }
+            StartLine::Request { method_raw, .. } => &self.buf[method_raw.start as usize..method_raw.end as usize],
             StartLine::Response { .. } => self.cseq_method_raw_in(&self.buf),
         }
     }
@@ -458,9 +367,7 @@ impl Message {
     /// The reason phrase of a response.
     pub fn reason(&self) -> &[u8] {
         match &self.start {
-            StartLine::Response { reason, .. } => {
-                &self.buf[reason.start as usize..reason.end as usize]
-            }
+            StartLine::Response { reason, .. } => &self.buf[reason.start as usize..reason.end as usize],
             StartLine::Request { .. } => b"",
         }
     }
@@ -478,27 +385,21 @@ impl Message {
 
     /// The value of the first header field with this name (the whole line's value, all list items).
     pub fn header(&self, name: HeaderName) -> Option<&[u8]> {
-        self.fields()
-            .find(|f| f.name == name)
-            .map(|f| self.slice(f.value))
+        self.fields().find(|f| f.name == name).map(|f| self.slice(f.value))
     }
 
     /// Every value of a header, across repeated lines and comma-separated items, in order.
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
         let list = name.is_list();
-        self.fields()
-            .filter(move |f| f.name == name)
-            .flat_map(move |f| {
-                let v = self.slice(f.value);
-                split_list(v, list)
-            })
+        self.fields().filter(move |f| f.name == name).flat_map(move |f| {
+            let v = self.slice(f.value);
+            split_list(v, list)
+        })
     }
 
     /// The topmost Via value, parsed.
     pub fn top_via(&self) -> Option<Via<'_>> {
-        self.header_values(HeaderName::Via)
-            .next()
-            .and_then(Via::parse)
+        self.header_values(HeaderName::Via).next().and_then(Via::parse)
     }
 
     /// Call-ID (compact `i` included).
@@ -518,14 +419,12 @@ impl Message {
 
     /// The `tag` parameter of From.
     pub fn from_tag(&self) -> Option<&[u8]> {
-        self.header(HeaderName::From)
-            .and_then(super::values::tag_param)
+        self.header(HeaderName::From).and_then(super::values::tag_param)
     }
 
     /// The `tag` parameter of To.
     pub fn to_tag(&self) -> Option<&[u8]> {
-        self.header(HeaderName::To)
-            .and_then(super::values::tag_param)
+        self.header(HeaderName::To).and_then(super::values::tag_param)
     }
 
     /// Max-Forwards, if present and valid.
@@ -572,23 +471,15 @@ fn parse_start_line(b: &[u8], s: usize, e: usize) -> Result<StartLine, ParseErro
             return Err(ParseError::BadVersion);
         }
         let rest = &line[8..];
-        if rest.len() < 3
-            || !rest[..3].iter().all(u8::is_ascii_digit)
-            || rest.get(3).is_some_and(|c| *c != b' ')
-        {
+        if rest.len() < 3 || !rest[..3].iter().all(u8::is_ascii_digit) || rest.get(3).is_some_and(|c| *c != b' ') {
             return Err(ParseError::BadStatus);
         }
-        let code = u16::from(rest[0] - b'0') * 100
-            + u16::from(rest[1] - b'0') * 10
-            + u16::from(rest[2] - b'0');
+        let code = u16::from(rest[0] - b'0') * 100 + u16::from(rest[1] - b'0') * 10 + u16::from(rest[2] - b'0');
         if !(100..=699).contains(&code) {
             return Err(ParseError::BadStatus);
         }
         let rs = (s + 8 + 4).min(e);
-        return Ok(StartLine::Response {
-            code,
-            reason: rs as u32..e as u32,
-        });
+        return Ok(StartLine::Response { code, reason: rs as u32..e as u32 });
     }
     let sp1 = memchr::memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
     let sp2 = memchr::memrchr(b' ', line).ok_or(ParseError::BadStartLine)?;

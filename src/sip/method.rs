@@ -64,12 +64,10 @@ impl Method {
 
     /// Requests that can create a dialog and therefore get our Record-Route.
     pub fn forms_dialog(&self) -> bool {
-        matches!(
-            self,
-            Method::Invite | Method::Subscribe | Method::Refer | Method::Notify
-        )
+        matches!(self, Method::Invite | Method::Subscribe | Method::Refer | Method::Notify)
     }
 }
 
 /// The methods sipfront itself accepts and relays, for `Allow` in its own answers.
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE";
+pub const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, PRACK, SUBSCRIBE, NOTIFY, PUBLISH, INFO, REFER, MESSAGE, UPDATE";

@@ -9,6 +9,7 @@
 //! byte for byte, so we index header boundaries once ([`Message::parse`]) and read values on demand.
 
 mod build;
+mod error;
 mod header;
 mod message;
 mod method;
@@ -18,6 +19,4 @@ pub use build::{ForwardEdit, ResponseBuilder, SERVER_NAME};
 pub use header::HeaderName;
 pub use message::{HeaderField, Message, ParseError, StartLine, MAX_HEADERS};
 pub use method::{Method, ALLOW};
-pub use values::{
-    find_param, parse_name_addr, parse_uri_host_port, HostPort, NameAddr, SipUri, Via, ViaTransport,
-};
+pub use values::{find_param, parse_name_addr, parse_uri_host_port, HostPort, NameAddr, SipUri, Via, ViaTransport};

@@ -169,22 +169,10 @@ fn parse_host_port(b: &[u8]) -> Option<HostPort<'_>> {
         return Some(HostPort { host, port });
     }
     match b.iter().position(|c| *c == b':') {
-        Some(c) => Some(HostPort {
-            host: &b[..c],
-            port: Some(parse_port(&b[c + 1..])?),
-        }),
-        None => Some(HostPort {
-            host: b,
-            port: None,
-        }),
+        Some(c) => Some(HostPort { host: &b[..c], port: Some(parse_port(&b[c + 1..])?) }),
+        None => Some(HostPort { host: b, port: None }),
     }
-    .filter(|hp| {
-        !hp.host.is_empty()
-            && hp
-                .host
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || b".-_:".contains(c))
-    })
+    .filter(|hp| !hp.host.is_empty() && hp.host.iter().all(|c| c.is_ascii_alphanumeric() || b".-_:".contains(c)))
 }
 
 fn parse_port(p: &[u8]) -> Option<u16> {
@@ -263,13 +251,7 @@ impl<'a> Via<'a> {
         let semi = rest.iter().position(|c| *c == b';').unwrap_or(rest.len());
         let sent_by_raw = trim(&rest[..semi]);
         let sent_by = parse_host_port(sent_by_raw)?;
-        Some(Via {
-            raw: v,
-            transport,
-            sent_by,
-            sent_by_raw,
-            params: &rest[semi..],
-        })
+        Some(Via { raw: v, transport, sent_by, sent_by_raw, params: &rest[semi..] })
     }
 
     pub fn branch(&self) -> Option<&'a [u8]> {
@@ -287,8 +269,7 @@ impl<'a> Via<'a> {
 
     /// Whether the branch carries the RFC 3261 magic cookie.
     pub fn is_rfc3261(&self) -> bool {
-        self.branch()
-            .is_some_and(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
+        self.branch().is_some_and(|b| b.len() > 7 && b[..7].eq_ignore_ascii_case(b"z9hG4bK"))
     }
 }
 
@@ -312,10 +293,7 @@ pub fn parse_name_addr(v: &[u8]) -> Option<NameAddr<'_>> {
             b'"' => quoted = !quoted,
             b'<' if !quoted => {
                 let close = i + v[i..].iter().position(|c| *c == b'>')?;
-                return Some(NameAddr {
-                    uri: trim(&v[i + 1..close]),
-                    params: &v[close + 1..],
-                });
+                return Some(NameAddr { uri: trim(&v[i + 1..close]), params: &v[close + 1..] });
             }
             _ => {}
         }
@@ -330,10 +308,7 @@ pub fn parse_name_addr(v: &[u8]) -> Option<NameAddr<'_>> {
     if uri.is_empty() {
         return None;
     }
-    Some(NameAddr {
-        uri,
-        params: &v[semi..],
-    })
+    Some(NameAddr { uri, params: &v[semi..] })
 }
 
 /// A SIP/SIPS URI split into the parts routing uses.
@@ -362,17 +337,9 @@ impl<'a> SipUri<'a> {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
-        let semi = hostpart
-            .iter()
-            .position(|c| *c == b';')
-            .unwrap_or(hostpart.len());
+        let semi = hostpart.iter().position(|c| *c == b';').unwrap_or(hostpart.len());
         let host_port = parse_host_port(&hostpart[..semi])?;
-        Some(SipUri {
-            sips,
-            user,
-            host_port,
-            params: &hostpart[semi..],
-        })
+        Some(SipUri { sips, user, host_port, params: &hostpart[semi..] })
     }
 
     /// The `transport` URI parameter, lower-cased comparison left to the caller.
@@ -397,9 +364,7 @@ mod tests {
 
     #[test]
     fn via_with_params_and_ws() {
-        let v =
-            Via::parse(b"SIP / 2.0 / UDP 10.0.0.1:5070 ;branch=z9hG4bK77;rport;received=1.2.3.4")
-                .unwrap();
+        let v = Via::parse(b"SIP / 2.0 / UDP 10.0.0.1:5070 ;branch=z9hG4bK77;rport;received=1.2.3.4").unwrap();
         assert_eq!(v.transport, ViaTransport::Udp);
         assert_eq!(v.sent_by.host, b"10.0.0.1");
         assert_eq!(v.sent_by.port, Some(5070));
@@ -445,9 +410,6 @@ mod tests {
         assert_eq!(u.transport(), Some(&b"TCP"[..]));
         assert!(u.is_loose());
         assert!(SipUri::parse(b"tel:+123").is_none());
-        assert_eq!(
-            parse_uri_host_port(b"sip:127.0.0.1").unwrap().ip(),
-            Some("127.0.0.1".parse().unwrap())
-        );
+        assert_eq!(parse_uri_host_port(b"sip:127.0.0.1").unwrap().ip(), Some("127.0.0.1".parse().unwrap()));
     }
 }

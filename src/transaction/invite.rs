@@ -57,26 +57,16 @@ enum Outcome {
 pub(crate) async fn resolve_hop(hop: &Hop) -> Option<Target> {
     match &hop.addr {
         HopAddr::Resolved(t) => Some(*t),
-        HopAddr::Name {
-            host,
-            port,
-            transport,
-        } => {
+        HopAddr::Name { host, port, transport } => {
             let addr = crate::proxy::resolve(host, *port).await?;
-            Some(Target {
-                transport: *transport,
-                addr,
-                conn: None,
-            })
+            Some(Target { transport: *transport, addr, conn: None })
         }
     }
 }
 
 pub(crate) async fn run(mut ctx: Ctx) {
     let t = ctx.proxy.settings.timers;
-    let trying = ResponseBuilder::new(&ctx.req, 100, "Trying")
-        .source(ctx.src.remote)
-        .build();
+    let trying = ResponseBuilder::new(&ctx.req, 100, "Trying").source(ctx.src.remote).build();
     ctx.upstream(trying.clone());
     // What a retransmitted INVITE gets back: our 100, then the latest provisional relayed.
     let mut last_up = trying;
@@ -99,21 +89,14 @@ pub(crate) async fn run(mut ctx: Ctx) {
             continue;
         };
         let branch = ctx.new_branch();
-        let fwd = ctx
-            .proxy
-            .build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
         if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
             tracing::info!(to = %target.addr, error = %e, "INVITE not sent, trying the next backend");
             note_failover(&ctx, "transport", last_hop);
             fallback = (503, "Service Unavailable");
             continue;
         }
-        attempts.push(Attempt {
-            branch,
-            target,
-            fwd,
-            backend: hop.backend,
-        });
+        attempts.push(Attempt { branch, target, fwd, backend: hop.backend });
         let cur = attempts.len() - 1;
         let start = Instant::now();
         let mut a_interval = t.t1;
@@ -263,10 +246,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
 
 fn note_failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
     if !last_hop {
-        ctx.proxy
-            .stats
-            .backend_failovers
-            .fetch_add(1, Ordering::Relaxed);
+        ctx.proxy.stats.backend_failovers.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
     }
 }
@@ -285,20 +265,13 @@ fn start_cancel(ctx: &Ctx, a: &Attempt) -> Option<CancelState> {
 }
 
 fn dialog_id(resp: &Message) -> Option<DialogId> {
-    Some(DialogId::new(
-        resp.call_id(),
-        resp.from_tag()?,
-        resp.to_tag()?,
-    ))
+    Some(DialogId::new(resp.call_id(), resp.from_tag()?, resp.to_tag()?))
 }
 
 /// A response for an earlier branch (after failover) or a retransmission: ACK a non-2xx final, relay a 2xx.
 fn late_response(ctx: &Ctx, attempts: &[Attempt], resp: &Message) {
     let code = resp.status().unwrap_or(0);
-    let Some(a) = attempts
-        .iter()
-        .find(|a| response_branch(resp) == Some(&a.branch[..]))
-    else {
+    let Some(a) = attempts.iter().find(|a| response_branch(resp) == Some(&a.branch[..])) else {
         return;
     };
     if (200..300).contains(&code) {

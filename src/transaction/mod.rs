@@ -132,23 +132,10 @@ pub fn start(proxy: Arc<Proxy>, req: Message, src: Source, plan: Plan, key: Serv
     proxy.txs.active.fetch_add(1, Ordering::Relaxed);
     proxy.stats.transactions.fetch_add(1, Ordering::Relaxed);
     let invite = req.method() == Some(Method::Invite);
-    metrics::counter!(m::TRANSACTIONS, "kind" => if invite { "invite" } else { "non-invite" })
-        .increment(1);
+    metrics::counter!(m::TRANSACTIONS, "kind" => if invite { "invite" } else { "non-invite" }).increment(1);
     metrics::gauge!(m::TRANSACTIONS_ACTIVE).increment(1.0);
-    let reg = Registration {
-        proxy: proxy.clone(),
-        server: key,
-        branches: Vec::new(),
-    };
-    let ctx = Ctx {
-        proxy,
-        req,
-        src,
-        plan,
-        rx,
-        me: tx,
-        reg,
-    };
+    let reg = Registration { proxy: proxy.clone(), server: key, branches: Vec::new() };
+    let ctx = Ctx { proxy, req, src, plan, rx, me: tx, reg };
     if invite {
         tokio::spawn(invite::run(ctx));
     } else {
@@ -186,11 +173,7 @@ impl Ctx {
     fn reply_local(&self, code: u16, reason: &str) -> Bytes {
         let tag = format!("{:x}", self.proxy.unique());
         let b = crate::sip::ResponseBuilder::new(&self.req, code, reason).source(self.src.remote);
-        let b = if code > 100 {
-            b.to_tag(tag.as_bytes())
-        } else {
-            b
-        };
+        let b = if code > 100 { b.to_tag(tag.as_bytes()) } else { b };
         let out = b.build();
         self.upstream(out.clone());
         out

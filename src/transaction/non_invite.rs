@@ -27,9 +27,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
             continue;
         };
         let branch = ctx.new_branch();
-        let fwd = ctx
-            .proxy
-            .build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
         if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
             tracing::info!(to = %target.addr, error = %e, "request not sent, trying the next hop");
             failover(&ctx, "transport", last_hop);
@@ -115,9 +113,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
     };
     // Completed: answer retransmissions for timer J; absorb late responses for timer K.
     let now = Instant::now();
-    let end = now
-        + t.j(ctx.src.transport.is_reliable())
-            .max(t.i_k(down_reliable));
+    let end = now + t.j(ctx.src.transport.is_reliable()).max(t.i_k(down_reliable));
     loop {
         tokio::select! {
             ev = ctx.rx.recv() => match ev {
@@ -132,10 +128,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
 
 fn failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
     if !last_hop {
-        ctx.proxy
-            .stats
-            .backend_failovers
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.proxy.stats.backend_failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
     }
 }

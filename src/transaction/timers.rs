@@ -24,13 +24,7 @@ impl Default for Timers {
 
 impl Timers {
     pub fn from_config(c: &TimerConfig) -> Timers {
-        Timers {
-            t1: c.t1.get(),
-            t2: c.t2.get(),
-            t4: c.t4.get(),
-            timer_c: c.timer_c.get(),
-            timer_d: c.timer_d.get(),
-        }
+        Timers { t1: c.t1.get(), t2: c.t2.get(), t4: c.t4.get(), timer_c: c.timer_c.get(), timer_d: c.timer_d.get() }
     }
 
     /// 64*T1: timers B, F, H, J (unreliable), L, M.

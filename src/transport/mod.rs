@@ -77,11 +77,7 @@ pub struct Target {
 
 impl From<Source> for Target {
     fn from(s: Source) -> Target {
-        Target {
-            transport: s.transport,
-            addr: s.remote,
-            conn: s.conn,
-        }
+        Target { transport: s.transport, addr: s.remote, conn: s.conn }
     }
 }
 
@@ -91,24 +87,15 @@ pub enum TransportError {
     #[error("no {0} listener to send from")]
     NoListener(Transport),
     #[error("connect to {addr} failed: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Connect { addr: SocketAddr, source: std::io::Error },
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
     #[error("send to {addr} failed: {source}")]
-    Io {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Io { addr: SocketAddr, source: std::io::Error },
     #[error("connection to {0} is closed")]
     Closed(SocketAddr),
     #[error("cannot bind {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Receives every message the transports read. Implemented by the proxy; called on the reading task, so it must
@@ -152,31 +139,14 @@ impl Transports {
         } else {
             Some(TcpPool::bind(&tcp_addrs, max_message_size, tcp_idle).await?)
         };
-        Ok(Transports {
-            inner: Arc::new(TransportsInner {
-                udp,
-                tcp,
-                capture: None,
-            }),
-        })
+        Ok(Transports { inner: Arc::new(TransportsInner { udp, tcp, capture: None }) })
     }
 
     /// Transports that hand every outgoing message to a channel (tests on paused time).
-    pub fn capture(
-        udp_local: SocketAddr,
-    ) -> (Transports, mpsc::UnboundedReceiver<(Target, Bytes)>) {
+    pub fn capture(udp_local: SocketAddr) -> (Transports, mpsc::UnboundedReceiver<(Target, Bytes)>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let udp = vec![UdpListener::unbound(udp_local)];
-        (
-            Transports {
-                inner: Arc::new(TransportsInner {
-                    udp,
-                    tcp: None,
-                    capture: Some(tx),
-                }),
-            },
-            rx,
-        )
+        (Transports { inner: Arc::new(TransportsInner { udp, tcp: None, capture: Some(tx) }) }, rx)
     }
 
     /// Start reading every listener into `inbound` until `shutdown`.
@@ -193,22 +163,13 @@ impl Transports {
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
             Transport::Udp => self.inner.udp.first().map(|u| u.local_addr()),
-            Transport::Tcp => self
-                .inner
-                .tcp
-                .as_ref()
-                .and_then(|t| t.local_addrs().first().copied()),
+            Transport::Tcp => self.inner.tcp.as_ref().and_then(|t| t.local_addrs().first().copied()),
         }
     }
 
     /// Every local listener address with its transport.
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .inner
-            .udp
-            .iter()
-            .map(|u| (Transport::Udp, u.local_addr()))
-            .collect();
+        let mut v: Vec<_> = self.inner.udp.iter().map(|u| (Transport::Udp, u.local_addr())).collect();
         if let Some(t) = &self.inner.tcp {
             v.extend(t.local_addrs().iter().map(|a| (Transport::Tcp, *a)));
         }
@@ -250,17 +211,11 @@ impl Transports {
         }
         match target.transport {
             Transport::Udp => {
-                let u = self
-                    .udp_for(target.addr)
-                    .ok_or(TransportError::NoListener(Transport::Udp))?;
+                let u = self.udp_for(target.addr).ok_or(TransportError::NoListener(Transport::Udp))?;
                 u.send_wait(target.addr, data).await
             }
             Transport::Tcp => {
-                let t = self
-                    .inner
-                    .tcp
-                    .as_ref()
-                    .ok_or(TransportError::NoListener(Transport::Tcp))?;
+                let t = self.inner.tcp.as_ref().ok_or(TransportError::NoListener(Transport::Tcp))?;
                 t.send(target, data).await
             }
         }
@@ -268,8 +223,6 @@ impl Transports {
 
     fn udp_for(&self, to: SocketAddr) -> Option<&UdpListener> {
         let udp = &self.inner.udp;
-        udp.iter()
-            .find(|u| u.local_addr().is_ipv4() == to.is_ipv4())
-            .or_else(|| udp.first())
+        udp.iter().find(|u| u.local_addr().is_ipv4() == to.is_ipv4()).or_else(|| udp.first())
     }
 }

@@ -37,20 +37,13 @@ pub enum Framed {
 
 /// Find the first message in a stream buffer.
 pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
-    let lead = buf
-        .iter()
-        .take_while(|c| matches!(c, b'\r' | b'\n'))
-        .count();
+    let lead = buf.iter().take_while(|c| matches!(c, b'\r' | b'\n')).count();
     if lead > 0 {
         let ping = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
         return Framed::KeepAlive { n: lead, ping };
     }
     let Some(hend) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        return if buf.len() > max {
-            Framed::Invalid("header section too large")
-        } else {
-            Framed::NeedMore
-        };
+        return if buf.len() > max { Framed::Invalid("header section too large") } else { Framed::NeedMore };
     };
     let head = &buf[..hend];
     let mut length = None;
@@ -61,10 +54,7 @@ pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
         let name = line[..colon].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
             let v = line[colon + 1..].trim_ascii();
-            match std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<usize>().ok())
-            {
+            match std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok()) {
                 Some(n) => length = Some(n),
                 None => return Framed::Invalid("bad Content-Length"),
             }
@@ -110,21 +100,12 @@ struct PoolInner {
 }
 
 impl TcpPool {
-    pub async fn bind(
-        addrs: &[SocketAddr],
-        max_message: usize,
-        idle: Duration,
-    ) -> Result<TcpPool, TransportError> {
+    pub async fn bind(addrs: &[SocketAddr], max_message: usize, idle: Duration) -> Result<TcpPool, TransportError> {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for &addr in addrs {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| TransportError::Bind { addr, source })?;
-            local_addrs.push(
-                l.local_addr()
-                    .map_err(|source| TransportError::Bind { addr, source })?,
-            );
+            let l = TcpListener::bind(addr).await.map_err(|source| TransportError::Bind { addr, source })?;
+            local_addrs.push(l.local_addr().map_err(|source| TransportError::Bind { addr, source })?);
             listeners.push(l);
         }
         Ok(TcpPool {
@@ -231,14 +212,7 @@ impl TcpPool {
                     }
                     Framed::Message(n) => {
                         let msg = buf.split_to(n).freeze();
-                        inbound.on_message(
-                            msg,
-                            Source {
-                                transport: Transport::Tcp,
-                                remote,
-                                conn: Some(id),
-                            },
-                        );
+                        inbound.on_message(msg, Source { transport: Transport::Tcp, remote, conn: Some(id) });
                     }
                     Framed::Invalid(reason) => {
                         metrics::counter!(m::MALFORMED_DROPPED, "reason" => reason).increment(1);
@@ -257,8 +231,7 @@ impl TcpPool {
             match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(n)) => {
-                    metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => "tcp")
-                        .increment(n as u64);
+                    metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => "tcp").increment(n as u64);
                 }
                 Err(_) => {
                     tracing::debug!(conn = id, %remote, "closing idle tcp connection");
@@ -289,34 +262,18 @@ impl TcpPool {
         if let Some(id) = self.existing(&target) {
             let tx = self.inner.conns.get(&id).map(|h| h.tx.clone());
             if let Some(tx) = tx {
-                return tx
-                    .send(data)
-                    .await
-                    .map_err(|_| TransportError::Closed(target.addr));
+                return tx.send(data).await.map_err(|_| TransportError::Closed(target.addr));
             }
         }
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(source)) => {
-                    return Err(TransportError::Connect {
-                        addr: target.addr,
-                        source,
-                    })
-                }
-                Err(_) => return Err(TransportError::ConnectTimeout(target.addr)),
-            };
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(TransportError::Connect { addr: target.addr, source }),
+            Err(_) => return Err(TransportError::ConnectTimeout(target.addr)),
+        };
         let _ = stream.set_nodelay(true);
         let id = self.adopt(stream, target.addr);
-        let tx = self
-            .inner
-            .conns
-            .get(&id)
-            .map(|h| h.tx.clone())
-            .ok_or(TransportError::Closed(target.addr))?;
-        tx.send(data)
-            .await
-            .map_err(|_| TransportError::Closed(target.addr))
+        let tx = self.inner.conns.get(&id).map(|h| h.tx.clone()).ok_or(TransportError::Closed(target.addr))?;
+        tx.send(data).await.map_err(|_| TransportError::Closed(target.addr))
     }
 
     /// Send without waiting: queue on a live connection, else connect in a task.
@@ -340,11 +297,7 @@ impl TcpPool {
     }
 }
 
-async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
-    cancel: CancellationToken,
-) {
+async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
     loop {
         let data = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -365,39 +318,15 @@ mod tests {
     #[test]
     fn framing() {
         let max = 65_535;
-        assert_eq!(
-            frame_stream_message(b"\r\n\r\n", max),
-            Framed::KeepAlive { n: 4, ping: true }
-        );
-        assert_eq!(
-            frame_stream_message(b"\r\n", max),
-            Framed::KeepAlive { n: 2, ping: false }
-        );
-        assert_eq!(
-            frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n", max),
-            Framed::NeedMore
-        );
+        assert_eq!(frame_stream_message(b"\r\n\r\n", max), Framed::KeepAlive { n: 4, ping: true });
+        assert_eq!(frame_stream_message(b"\r\n", max), Framed::KeepAlive { n: 2, ping: false });
+        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n", max), Framed::NeedMore);
         let m = b"OPTIONS sip:x SIP/2.0\r\nContent-Length : 3\r\n\r\nabcNEXT";
         assert_eq!(frame_stream_message(m, max), Framed::Message(m.len() - 4));
-        assert_eq!(
-            frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 5\r\n\r\nab", max),
-            Framed::NeedMore
-        );
-        assert!(matches!(
-            frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nVia: x\r\n\r\n", max),
-            Framed::Invalid(_)
-        ));
-        assert!(matches!(
-            frame_stream_message(b"A\r\nl: x\r\n\r\n", max),
-            Framed::Invalid(_)
-        ));
-        assert!(matches!(
-            frame_stream_message(b"A\r\nl: 100\r\n\r\n", 50),
-            Framed::Invalid(_)
-        ));
-        assert!(matches!(
-            frame_stream_message(&[b'a'; 100], 50),
-            Framed::Invalid(_)
-        ));
+        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 5\r\n\r\nab", max), Framed::NeedMore);
+        assert!(matches!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nVia: x\r\n\r\n", max), Framed::Invalid(_)));
+        assert!(matches!(frame_stream_message(b"A\r\nl: x\r\n\r\n", max), Framed::Invalid(_)));
+        assert!(matches!(frame_stream_message(b"A\r\nl: 100\r\n\r\n", 50), Framed::Invalid(_)));
+        assert!(matches!(frame_stream_message(&[b'a'; 100], 50), Framed::Invalid(_)));
     }
 }

@@ -25,8 +25,7 @@ impl UdpListener {
     pub fn bind(addr: SocketAddr) -> Result<UdpListener, TransportError> {
         let bind_err = |source| TransportError::Bind { addr, source };
         let domain = socket2::Domain::for_address(addr);
-        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))
-            .map_err(bind_err)?;
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).map_err(bind_err)?;
         // Larger buffers only help; the kernel caps them at rmem_max/wmem_max, which is fine.
         let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
@@ -34,17 +33,11 @@ impl UdpListener {
         s.bind(&addr.into()).map_err(bind_err)?;
         let socket = UdpSocket::from_std(s.into()).map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;
-        Ok(UdpListener {
-            socket: Some(Arc::new(socket)),
-            local,
-        })
+        Ok(UdpListener { socket: Some(Arc::new(socket)), local })
     }
 
     pub(crate) fn unbound(local: SocketAddr) -> UdpListener {
-        UdpListener {
-            socket: None,
-            local,
-        }
+        UdpListener { socket: None, local }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -64,26 +57,15 @@ impl UdpListener {
                 };
                 match r {
                     Ok((n, from)) => {
-                        metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => "udp")
-                            .increment(n as u64);
+                        metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => "udp").increment(n as u64);
                         // Keep-alives (RFC 5626 §4.4.1 CRLF, or a lone NUL/space) carry no message.
-                        if buf[..n]
-                            .iter()
-                            .all(|c| matches!(c, b'\r' | b'\n' | 0 | b' '))
-                        {
+                        if buf[..n].iter().all(|c| matches!(c, b'\r' | b'\n' | 0 | b' ')) {
                             continue;
                         }
                         // One exact-size copy per datagram: the 64 KiB read buffer is reused at once, and no
                         // long-lived transaction pins a big shared allocation.
                         let data = Bytes::copy_from_slice(&buf[..n]);
-                        inbound.on_message(
-                            data,
-                            Source {
-                                transport: Transport::Udp,
-                                remote: from,
-                                conn: None,
-                            },
-                        );
+                        inbound.on_message(data, Source { transport: Transport::Udp, remote: from, conn: None });
                     }
                     // ICMP port unreachable from an earlier send shows up here on Linux; not fatal.
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
@@ -115,10 +97,6 @@ impl UdpListener {
             return Ok(());
         };
         metrics::counter!(m::TRANSPORT_TX_BYTES, "transport" => "udp").increment(data.len() as u64);
-        socket
-            .send_to(&data, to)
-            .await
-            .map(|_| ())
-            .map_err(|source| TransportError::Io { addr: to, source })
+        socket.send_to(&data, to).await.map(|_| ()).map_err(|source| TransportError::Io { addr: to, source })
     }
 }

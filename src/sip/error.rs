@@ -1,0 +1,65 @@
+//! Why a message could not be parsed; the text doubles as the reason in our 400 answers and as a metric label.
+
+/// Why a message could not be parsed. The text is used as the reason phrase / Warning of our 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("empty message")]
+    Empty,
+    #[error("header section not terminated")]
+    Truncated,
+    #[error("bad start line")]
+    BadStartLine,
+    #[error("unsupported SIP version")]
+    BadVersion,
+    #[error("bad status code")]
+    BadStatus,
+    #[error("malformed header line")]
+    BadHeaderLine,
+    #[error("bad Content-Length")]
+    BadContentLength,
+    #[error("Content-Length larger than the message")]
+    BodyTruncated,
+    #[error("missing Via")]
+    MissingVia,
+    #[error("bad Via")]
+    BadVia,
+    #[error("missing Call-ID")]
+    MissingCallId,
+    #[error("missing or bad CSeq")]
+    BadCSeq,
+    #[error("CSeq method does not match request method")]
+    CSeqMethodMismatch,
+    #[error("missing From")]
+    MissingFrom,
+    #[error("missing To")]
+    MissingTo,
+    #[error("bad Max-Forwards")]
+    BadMaxForwards,
+    #[error("message too large")]
+    TooLarge,
+}
+
+impl ParseError {
+    /// The reason text as a static str (used as reason phrase and in counters).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ParseError::Empty => "empty message",
+            ParseError::Truncated => "header section not terminated",
+            ParseError::BadStartLine => "bad start line",
+            ParseError::BadVersion => "unsupported SIP version",
+            ParseError::BadStatus => "bad status code",
+            ParseError::BadHeaderLine => "malformed header line",
+            ParseError::BadContentLength => "bad Content-Length",
+            ParseError::BodyTruncated => "Content-Length larger than the message",
+            ParseError::MissingVia => "missing Via",
+            ParseError::BadVia => "bad Via",
+            ParseError::MissingCallId => "missing Call-ID",
+            ParseError::BadCSeq => "missing or bad CSeq",
+            ParseError::CSeqMethodMismatch => "CSeq method does not match request method",
+            ParseError::MissingFrom => "missing From",
+            ParseError::MissingTo => "missing To",
+            ParseError::BadMaxForwards => "bad Max-Forwards",
+            ParseError::TooLarge => "message too large",
+        }
+    }
+}
