@@ -20,3 +20,6 @@ pub use header::HeaderName;
 pub use message::{HeaderField, Message, ParseError, StartLine, MAX_HEADERS};
 pub use method::{Method, ALLOW};
 pub use values::{find_param, parse_name_addr, parse_uri_host_port, HostPort, NameAddr, SipUri, Via, ViaTransport};
+
+#[cfg(test)]
+mod tests;

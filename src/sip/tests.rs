@@ -1,0 +1,1 @@
+//! Parser unit tests: every header form the proxy core issue lists, and every rejection.
