@@ -1,1 +1,89 @@
+//! Every shipped example loads; every rule names its key.
 
+use super::*;
+
+const MINIMAL: &str = r#"
+[node]
+id = 1
+name = "a"
+[sip]
+listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]
+advertise = "127.0.0.1"
+[[backend]]
+name = "pbx"
+uri = "sip:127.0.0.1:5080"
+"#;
+
+fn err(text: &str) -> String {
+    Config::from_toml(text).expect_err("must be rejected").to_string()
+}
+
+#[test]
+fn every_shipped_example_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "config/ holds the examples");
+}
+
+#[test]
+fn defaults() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.routing.policy, Policy::ActiveStandby);
+    assert_eq!(c.timers.t1.get(), Duration::from_millis(500));
+    assert_eq!(c.timers.t1x64(), Duration::from_secs(32));
+    assert_eq!(c.sip.max_forwards, 70);
+    let t = c.backends[0].target().unwrap();
+    assert_eq!((t.addr, t.transport), ("127.0.0.1:5080".parse().unwrap(), Transport::Udp));
+    assert!(c.summary().starts_with("ok: node 1 (a)"));
+}
+
+#[test]
+fn stray_keys_are_rejected_with_their_name() {
+    let e = err(&MINIMAL.replace("[sip]", "[sip]\nlisten_port = 5"));
+    assert!(e.contains("unknown field `listen_port`"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[bogus]\nx = 1\n"));
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn bad_values_name_the_key_and_reason() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("id = 1", "id = 0", "node.id: 0 is out of range"),
+        ("id = 1", "id = 256", "node.id"),
+        ("\"udp:127.0.0.1:5060\", ", "\"sctp:127.0.0.1:5060\", ", "unknown transport `sctp`"),
+        ("\"udp:127.0.0.1:5060\", ", "\"udp:127.0.0.1\", ", "is not IP:PORT"),
+        ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1:5060\"", "sip.advertise"),
+        ("advertise = \"127.0.0.1\"", "advertise = \"a b\"", "sip.advertise"),
+        ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sip:pbx.example.com\"", "backend[0].uri: `sip:pbx.example.com`"),
+        ("uri = \"sip:127.0.0.1:5080\"", "uri = \"http://x\"", "backend[0].uri"),
+        ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sip:127.0.0.1;transport=sctp\"", "transport `sctp`"),
+        ("name = \"pbx\"", "name = \"pbx\"\nweight = 0", "backend[0].weight"),
+        ("[[backend]]", "[timers]\nt1 = \"500\"\n[[backend]]", "no unit"),
+        ("[[backend]]", "[timers]\nt1 = \"1s\"\nt2 = \"500ms\"\n[[backend]]", "timers.t2"),
+        ("[[backend]]", "[routing]\npolicy = \"random\"\n[[backend]]", "unknown variant `random`"),
+    ];
+    for (from, to, want) in cases {
+        assert!(MINIMAL.contains(from), "{from}");
+        let e = err(&MINIMAL.replacen(from, to, 1));
+        assert!(e.contains(want), "{to:?}: got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn cross_field_rules() {
+    let two = format!("{MINIMAL}\n[[backend]]\nname = \"pbx\"\nuri = \"sip:127.0.0.1:5082\"\n");
+    assert!(err(&two).contains("backend[1].name: `pbx` is used by two backends"));
+    let dup = format!("{MINIMAL}\n[[backend]]\nname = \"b\"\nuri = \"sip:127.0.0.1:5080\"\n");
+    assert!(err(&dup).contains("backend[1].uri"));
+    let no_tcp = MINIMAL.replace(", \"tcp:127.0.0.1:5060\"", "").replace(":5080\"", ":5080;transport=tcp\"");
+    assert!(err(&no_tcp).contains("no TCP listener"));
+    let none = MINIMAL.split("[[backend]]").next().unwrap().to_string();
+    assert!(err(&none).contains("at least one [[backend]]"));
+}
