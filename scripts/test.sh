@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
+# sip-tester, iproute2), then formatting, clippy, unit, in-process and real-binary tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing test dependencies: ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup.rs)" >&2; exit 1; }
+
+# A target directory outside the clone keeps repeated runs incremental.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/sipfront-target}"
+export CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
