@@ -62,6 +62,11 @@ fn write_field_skipping(out: &mut BytesMut, msg: &Message, f: &HeaderField, skip
     removed
 }
 
+/// Whether a list header line holds at least one value.
+fn has_value(msg: &Message, f: &HeaderField) -> bool {
+    split_list(msg.slice(f.value), true).next().is_some()
+}
+
 /// Write a Via value with `received`/`rport` filled in from the packet's source (RFC 3261 §18.2.1, RFC 3581).
 fn write_via_with_received(out: &mut BytesMut, via: &Via<'_>, src: std::net::SocketAddr) {
     let head_len = via.raw.len() - via.params.len();
@@ -128,7 +133,8 @@ impl Message {
         let mut wrote_mf = false;
         for f in self.fields() {
             match f.name {
-                HeaderName::Via if first_via => {
+                // The top Via is the first value of the first Via line that has one (`Via: ,` has none).
+                HeaderName::Via if first_via && has_value(self, &f) => {
                     first_via = false;
                     match (edit.source, self.top_via()) {
                         (Some(src), Some(via)) => {
@@ -190,8 +196,8 @@ impl Message {
         let mut done = false;
         for f in self.fields() {
             if f.name == HeaderName::Via && !done {
-                done = true;
-                write_field_skipping(&mut out, self, &f, 1);
+                // A Via line without a value is dropped and the next one is stripped instead.
+                done = write_field_skipping(&mut out, self, &f, 1) == 1;
                 continue;
             }
             out.extend_from_slice(self.field_line(&f));
@@ -291,7 +297,7 @@ impl<'a> ResponseBuilder<'a> {
         let mut first_via = true;
         for f in req.fields() {
             match f.name {
-                HeaderName::Via if first_via => {
+                HeaderName::Via if first_via && has_value(req, &f) => {
                     first_via = false;
                     match (self.source, req.top_via()) {
                         (Some(src), Some(via)) => {

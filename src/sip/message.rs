@@ -146,12 +146,13 @@ impl Message {
             if first == b' ' || first == b'\t' {
                 // Folded continuation of the previous header (RFC 3261 §7.3.1).
                 let last = msg.last_field_mut().ok_or(ParseError::BadHeaderLine)?;
-                let (_, ve) = trim_range(b, next, end);
-                if ve > next {
-                    last.value.1 = ve as u32;
+                // A whitespace-only continuation leaves the value alone; an empty value starts on this line.
+                let (vs, ve) = trim_range(b, next, end);
+                if vs < ve {
                     if last.value.0 == last.value.1 {
-                        last.value.0 = trim_range(b, next, end).0 as u32;
+                        last.value.0 = vs as u32;
                     }
+                    last.value.1 = ve as u32;
                 }
                 last.line_end = end as u32;
                 next = after;
@@ -202,7 +203,7 @@ impl Message {
                 }
                 HeaderName::CSeq if !seen[1] => {
                     let v = &b[f.value.0 as usize..f.value.1 as usize];
-                    let sp = v.iter().position(|c| *c == b' ' || *c == b'\t').ok_or(ParseError::BadCSeq)?;
+                    let sp = v.iter().position(|c| is_lws(*c)).ok_or(ParseError::BadCSeq)?;
                     msg.cseq = parse_u32(&v[..sp]).ok_or(ParseError::BadCSeq)?;
                     let m = trim_range(v, sp, v.len());
                     if m.0 == m.1 {
@@ -276,7 +277,7 @@ impl Message {
             let f = self.field(i);
             if f.name == HeaderName::CSeq {
                 let v = &b[f.value.0 as usize..f.value.1 as usize];
-                if let Some(sp) = v.iter().position(|c| *c == b' ' || *c == b'\t') {
+                if let Some(sp) = v.iter().position(|c| is_lws(*c)) {
                     let (s, e) = trim_range(v, sp, v.len());
                     return &v[s..e];
                 }
@@ -457,6 +458,11 @@ impl Message {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.body());
     }
+}
+
+/// Whitespace inside a value, folded line breaks included.
+fn is_lws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
 }
 
 fn is_token_char(c: u8) -> bool {
