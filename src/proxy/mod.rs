@@ -185,7 +185,7 @@ impl Proxy {
             return;
         }
         if let Some(tx) = via.branch().and_then(|b| self.txs.client(b)) {
-            let _ = tx.send(TxEvent::Response(resp));
+            let _ = tx.send(TxEvent::Response(Box::new(resp)));
             return;
         }
         // No transaction (e.g. a 2xx retransmission after it ended): relay by the next Via.

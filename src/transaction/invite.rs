@@ -9,12 +9,13 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::timers::{due, earliest, sleep_opt};
-use super::{response_branch, retryable, Ctx, TxEvent};
+use super::{response_branch, retryable, Ctx, Linger, TxEvent};
 use crate::dialog::DialogId;
 use crate::metrics as m;
+use crate::proxy::Proxy;
 use crate::proxy::{Hop, HopAddr};
 use crate::sip::{HeaderName, Message, Method, ResponseBuilder};
-use crate::transport::Target;
+use crate::transport::{Source, Target};
 
 /// One try toward one hop.
 struct Attempt {
@@ -23,6 +24,8 @@ struct Attempt {
     /// The INVITE as we sent it (retransmissions, and the source of CANCEL and ACK).
     fwd: Bytes,
     backend: Option<usize>,
+    /// Our ACK for this branch's non-2xx final, re-sent when the final is retransmitted.
+    ack: Option<Bytes>,
 }
 
 impl Attempt {
@@ -36,6 +39,20 @@ impl Attempt {
         let sent = Message::parse(self.fwd.clone()).ok()?;
         Some(sent.twin_request("CANCEL", None))
     }
+
+    /// What the lingering phase still needs of this attempt.
+    fn into_lean(self) -> LeanAttempt {
+        // The INVITE is kept only for a branch that never answered finally (to ACK a late final).
+        let fwd = if self.ack.is_none() { Some(self.fwd) } else { None };
+        LeanAttempt { branch: self.branch, target: self.target, fwd, ack: self.ack }
+    }
+}
+
+struct LeanAttempt {
+    branch: Bytes,
+    target: Target,
+    fwd: Option<Bytes>,
+    ack: Option<Bytes>,
 }
 
 /// A CANCEL we sent downstream: a small non-INVITE client transaction of its own (timer E, F).
@@ -96,7 +113,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
             fallback = (503, "Service Unavailable");
             continue;
         }
-        attempts.push(Attempt { branch, target, fwd, backend: hop.backend });
+        attempts.push(Attempt { branch, target, fwd, backend: hop.backend, ack: None });
         let cur = attempts.len() - 1;
         let start = Instant::now();
         let mut a_interval = t.t1;
@@ -136,7 +153,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                 continue;
                             }
                             if response_branch(&resp) != Some(&attempts[cur].branch[..]) {
-                                late_response(&ctx, &attempts, &resp);
+                                late_response(&ctx.proxy, ctx.src, &mut attempts, &resp);
                                 continue;
                             }
                             let code = resp.status().unwrap_or(0);
@@ -162,17 +179,20 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                         ctx.proxy.dialogs.confirm(id, attempts[cur].backend);
                                     }
                                     ctx.upstream(resp.strip_top_via());
+                                    // The end-to-end ACK does not come through this transaction.
+                                    attempts[cur].ack = Some(Bytes::new());
                                     outcome = Some(Outcome::Accepted);
                                     break 'hops;
                                 }
                                 _ => {
                                     if let Some(ack) = attempts[cur].ack_for(&resp) {
-                                        ctx.proxy.transports.send(target, ack);
+                                        ctx.proxy.transports.send(target, ack.clone());
+                                        attempts[cur].ack = Some(ack);
                                     }
                                     if !cancelled && !last_hop && retryable(code) && ctx.plan.hops.len() > 1 {
                                         tracing::info!(to = %target.addr, code, "backend refused, trying the next one");
                                         note_failover(&ctx, "response", last_hop);
-                                        best_failure = Some(resp);
+                                        best_failure = Some(*resp);
                                         continue 'hops;
                                     }
                                     let out = resp.strip_top_via();
@@ -241,7 +261,9 @@ pub(crate) async fn run(mut ctx: Ctx) {
     if matches!(outcome, Outcome::Rejected(_)) {
         ctx.proxy.dialogs.remove_early(ctx.req.call_id());
     }
-    linger(ctx, outcome, attempts).await;
+    let lean: Vec<LeanAttempt> = attempts.into_iter().map(Attempt::into_lean).collect();
+    // Hand over to a small task: this one's future holds the request and plan, which lingering does not need.
+    tokio::spawn(linger(ctx.into_linger(), outcome, lean));
 }
 
 fn note_failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
@@ -269,21 +291,58 @@ fn dialog_id(resp: &Message) -> Option<DialogId> {
 }
 
 /// A response for an earlier branch (after failover) or a retransmission: ACK a non-2xx final, relay a 2xx.
-fn late_response(ctx: &Ctx, attempts: &[Attempt], resp: &Message) {
+fn late_response<A: AttemptLike>(proxy: &Proxy, src: Source, attempts: &mut [A], resp: &Message) {
     let code = resp.status().unwrap_or(0);
-    let Some(a) = attempts.iter().find(|a| response_branch(resp) == Some(&a.branch[..])) else {
-        return;
-    };
+    let Some(a) = attempts.iter_mut().find(|a| response_branch(resp) == Some(a.branch())) else { return };
     if (200..300).contains(&code) {
-        ctx.upstream(resp.strip_top_via());
+        proxy.transports.send(src.into(), resp.strip_top_via());
     } else if code >= 300 {
-        if let Some(ack) = a.ack_for(resp) {
-            ctx.proxy.transports.send(a.target, ack);
+        if let Some(ack) = a.ack(resp) {
+            proxy.transports.send(a.target(), ack);
         }
     }
 }
 
-async fn linger(mut ctx: Ctx, outcome: Outcome, attempts: Vec<Attempt>) {
+/// What `late_response` needs of an attempt, live or lean.
+trait AttemptLike {
+    fn branch(&self) -> &[u8];
+    fn target(&self) -> Target;
+    /// The ACK for a non-2xx final on this branch: the stored one, or built from the INVITE we sent.
+    fn ack(&mut self, resp: &Message) -> Option<Bytes>;
+}
+
+impl AttemptLike for Attempt {
+    fn branch(&self) -> &[u8] {
+        &self.branch
+    }
+    fn target(&self) -> Target {
+        self.target
+    }
+    fn ack(&mut self, resp: &Message) -> Option<Bytes> {
+        if self.ack.as_ref().is_none_or(|a| a.is_empty()) {
+            self.ack = self.ack_for(resp);
+        }
+        self.ack.clone()
+    }
+}
+
+impl AttemptLike for LeanAttempt {
+    fn branch(&self) -> &[u8] {
+        &self.branch
+    }
+    fn target(&self) -> Target {
+        self.target
+    }
+    fn ack(&mut self, resp: &Message) -> Option<Bytes> {
+        if let (None, Some(fwd)) = (&self.ack, &self.fwd) {
+            let sent = Message::parse(fwd.clone()).ok()?;
+            self.ack = Some(sent.twin_request("ACK", resp.header(HeaderName::To)));
+        }
+        self.ack.clone().filter(|a| !a.is_empty())
+    }
+}
+
+async fn linger(mut ctx: Linger, outcome: Outcome, mut attempts: Vec<LeanAttempt>) {
     let t = ctx.proxy.settings.timers;
     let now = Instant::now();
     match outcome {
@@ -293,7 +352,7 @@ async fn linger(mut ctx: Ctx, outcome: Outcome, attempts: Vec<Attempt>) {
             loop {
                 tokio::select! {
                     ev = ctx.rx.recv() => match ev {
-                        Some(TxEvent::Response(r)) => late_response(&ctx, &attempts, &r),
+                        Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
                         Some(_) => {}
                         None => return,
                     },
@@ -320,7 +379,7 @@ async fn linger(mut ctx: Ctx, outcome: Outcome, attempts: Vec<Attempt>) {
                                 end = Some((Instant::now() + t.i_k(up_reliable)).max(client_done));
                             }
                         }
-                        Some(TxEvent::Response(r)) => late_response(&ctx, &attempts, &r),
+                        Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
                         Some(TxEvent::Cancel) => {}
                         None => return,
                     },

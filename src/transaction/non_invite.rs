@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::invite::resolve_hop;
 use super::timers::{due, earliest, sleep_opt};
-use super::{response_branch, retryable, Ctx, TxEvent};
+use super::{response_branch, retryable, Ctx, Linger, TxEvent};
 use crate::dialog::DialogId;
 use crate::metrics as m;
 use crate::sip::Method;
@@ -111,13 +111,16 @@ pub(crate) async fn run(mut ctx: Ctx) {
             None => ctx.reply_local(fallback.0, fallback.1),
         },
     };
-    // Completed: answer retransmissions for timer J; absorb late responses for timer K.
-    let now = Instant::now();
-    let end = now + t.j(ctx.src.transport.is_reliable()).max(t.i_k(down_reliable));
+    // Completed: answer retransmissions for timer J; absorb late responses for timer K. A small task does it.
+    let end = Instant::now() + t.j(ctx.src.transport.is_reliable()).max(t.i_k(down_reliable));
+    tokio::spawn(completed(ctx.into_linger(), fin, end));
+}
+
+async fn completed(mut l: Linger, fin: Bytes, end: Instant) {
     loop {
         tokio::select! {
-            ev = ctx.rx.recv() => match ev {
-                Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
+            ev = l.rx.recv() => match ev {
+                Some(TxEvent::Retransmit) => l.upstream(fin.clone()),
                 Some(_) => {}
                 None => return,
             },

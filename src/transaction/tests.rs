@@ -43,8 +43,7 @@ fn rig(backends: &[&str]) -> Rig {
             weight: 1,
         })
         .collect();
-    let settings =
-        Settings { node_id: 1, advertise: "127.0.0.1".into(), max_forwards: 70, timers: Default::default() };
+    let settings = Settings { node_id: 1, advertise: "127.0.0.1".into(), max_forwards: 70, timers: Default::default() };
     let proxy = Proxy::new(settings, transports, Routing::new(&cfgs, Policy::ActiveStandby));
     Rig { inbound: ProxyInbound(proxy.clone()), proxy, out, t0: Instant::now() }
 }
