@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::Proxy;
 use crate::metrics as m;
 use crate::sip::{HeaderName, Message, Method, ParseError, ResponseBuilder, SipUri};
-use crate::transport::Source;
+use crate::transport::{Source, Verdict};
 
 /// Option tags we support (none that a proxy has to understand yet).
 const SUPPORTED: &[u8] = b"path, outbound";
@@ -57,7 +57,7 @@ impl Proxy {
     }
 
     /// A message that did not parse: 400 when it is a request we can answer, else drop and count.
-    pub(crate) fn on_malformed(self: &Arc<Self>, data: Bytes, err: ParseError, src: Source) {
+    pub(crate) fn on_malformed(self: &Arc<Self>, data: Bytes, err: ParseError, src: Source) -> Verdict {
         match Message::parse_for_reply(data) {
             Some(req) if req.method() != Some(Method::Ack) => {
                 self.stats.malformed_rejected.fetch_add(1, Ordering::Relaxed);
@@ -72,11 +72,13 @@ impl Proxy {
                     .header("Warning", warning.as_bytes())
                     .build();
                 self.transports.send(src.into(), resp);
+                Verdict::Accepted
             }
             _ => {
                 self.stats.malformed_dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::MALFORMED_DROPPED, "reason" => err.reason()).increment(1);
                 tracing::debug!(from = %src.remote, reason = err.reason(), "unparseable message dropped");
+                Verdict::Garbage
             }
         }
     }

@@ -27,7 +27,7 @@ use crate::metrics as m;
 use crate::routing::Routing;
 use crate::sip::{Message, Method};
 use crate::transaction::{self, ServerKey, Timers, TransactionTable, TxEvent};
-use crate::transport::{Inbound, Source, Transport, Transports};
+use crate::transport::{Inbound, Source, Transport, Transports, Verdict};
 
 /// Settings the proxy reads on every message, taken from the config once.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ impl Proxy {
         self.instance.rotate_left(17) ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
-    fn handle(self: &Arc<Self>, data: Bytes, src: Source) {
+    fn handle(self: &Arc<Self>, data: Bytes, src: Source) -> Verdict {
         let msg = match Message::parse(data.clone()) {
             Ok(msg) => msg,
             Err(e) => return self.on_malformed(data, e, src),
@@ -120,6 +120,7 @@ impl Proxy {
         } else {
             self.on_response(msg, src);
         }
+        Verdict::Accepted
     }
 
     fn on_request(self: &Arc<Self>, req: Message, src: Source) {
@@ -130,8 +131,8 @@ impl Proxy {
             Method::Ack => {
                 let key = ServerKey::for_request(&req, Method::Invite);
                 if let Some(tx) = self.txs.server(&key) {
-                    // ACK for a non-2xx final we sent: hop-by-hop, absorbed by the transaction.
-                    let _ = tx.send(TxEvent::Ack);
+                    // Same branch as an INVITE we handled: the transaction knows whether it answered 2xx.
+                    let _ = tx.send(TxEvent::Ack(Box::new(req), src));
                 } else {
                     // ACK for a 2xx: end-to-end, relayed without state.
                     self.forward_stateless(req, src);
@@ -197,7 +198,7 @@ impl Proxy {
 pub struct ProxyInbound(pub Arc<Proxy>);
 
 impl Inbound for ProxyInbound {
-    fn on_message(&self, data: Bytes, source: Source) {
-        self.0.handle(data, source);
+    fn on_message(&self, data: Bytes, source: Source) -> Verdict {
+        self.0.handle(data, source)
     }
 }

@@ -136,7 +136,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     let Some(ev) = ev else { return };
                     match ev {
                         TxEvent::Retransmit => ctx.upstream(last_up.clone()),
-                        TxEvent::Ack => {}
+                        TxEvent::Ack(..) => {}
                         TxEvent::Cancel => {
                             if !cancelled {
                                 cancelled = true;
@@ -353,6 +353,7 @@ async fn linger(mut ctx: Linger, outcome: Outcome, mut attempts: Vec<LeanAttempt
                 tokio::select! {
                     ev = ctx.rx.recv() => match ev {
                         Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
+                        Some(TxEvent::Ack(ack, src)) => ctx.proxy.forward_stateless(*ack, src),
                         Some(_) => {}
                         None => return,
                     },
@@ -373,7 +374,7 @@ async fn linger(mut ctx: Linger, outcome: Outcome, mut attempts: Vec<LeanAttempt
                 tokio::select! {
                     ev = ctx.rx.recv() => match ev {
                         Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
-                        Some(TxEvent::Ack) => {
+                        Some(TxEvent::Ack(..)) => {
                             if end.is_none() {
                                 timer_g = None;
                                 end = Some((Instant::now() + t.i_k(up_reliable)).max(client_done));

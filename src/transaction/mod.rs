@@ -30,8 +30,9 @@ use crate::transport::Source;
 pub enum TxEvent {
     /// The client retransmitted the request.
     Retransmit,
-    /// ACK for our non-2xx final response (INVITE only).
-    Ack,
+    /// An ACK with the INVITE's branch: for our non-2xx final it is absorbed (hop by hop); after a 2xx it belongs
+    /// to the far end (a UA reusing the INVITE branch) and is relayed.
+    Ack(Box<Message>, Source),
     /// The client cancelled the INVITE (we already answered the CANCEL with 200).
     Cancel,
     /// A response from downstream for one of our branches. Boxed: a channel allocates its first block of 32

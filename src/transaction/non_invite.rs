@@ -48,7 +48,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             ctx.upstream(p.clone());
                         }
                     }
-                    Some(TxEvent::Ack | TxEvent::Cancel) => {}
+                    Some(TxEvent::Ack(..) | TxEvent::Cancel) => {}
                     Some(TxEvent::Response(resp)) => {
                         if response_branch(&resp) != Some(&branch[..]) {
                             continue; // an earlier attempt's late answer

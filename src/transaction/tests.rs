@@ -13,7 +13,7 @@ use crate::config::{BackendConfig, Policy};
 use crate::proxy::{Proxy, ProxyInbound, Settings};
 use crate::routing::Routing;
 use crate::sip::{HeaderName, Message, ResponseBuilder};
-use crate::transport::{Inbound, Source, Target, Transport, Transports};
+use crate::transport::{Inbound, Source, Target, Transport, Transports, Verdict};
 
 const CLIENT: &str = "127.0.0.1:5090";
 const PROXY: &str = "127.0.0.1:5060";
@@ -51,11 +51,12 @@ fn rig(backends: &[&str]) -> Rig {
 impl Rig {
     fn from_client(&self, msg: &str) {
         let src = Source { transport: Transport::Udp, remote: addr(CLIENT), conn: None };
-        self.inbound.on_message(Bytes::from(msg.replace('\n', "\r\n")), src);
+        assert_eq!(self.inbound.on_message(Bytes::from(msg.replace('\n', "\r\n")), src), Verdict::Accepted);
     }
 
     fn from_backend(&self, backend: &str, msg: Bytes) {
-        self.inbound.on_message(msg, Source { transport: Transport::Udp, remote: addr(backend), conn: None });
+        let src = Source { transport: Transport::Udp, remote: addr(backend), conn: None };
+        assert_eq!(self.inbound.on_message(msg, src), Verdict::Accepted);
     }
 
     /// The next message sent, with the virtual milliseconds since the rig started.
@@ -284,4 +285,23 @@ async fn answered_call_is_a_confirmed_dialog_until_bye() {
     r.from_backend(PBX1, answer(&fwd_bye, 200));
     assert_eq!(r.next().await.2.status(), Some(200));
     assert!(r.proxy.dialogs.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ack_reusing_the_invite_branch_after_2xx_is_relayed_end_to_end() {
+    let mut r = rig(&[PBX1]);
+    r.from_client(&invite("z9hG4bK-12"));
+    r.next().await;
+    let (_, _, fwd) = r.next().await;
+    r.from_backend(PBX1, answer(&fwd, 200));
+    assert_eq!(r.next().await.2.status(), Some(200));
+    let ack = non_invite("ACK", "z9hG4bK-12")
+        .replace("CSeq: 7 ACK", "CSeq: 1 ACK")
+        .replace("call-z9hG4bK-12", "call-z9hG4bK-12")
+        .replace("To: <sip:bob@127.0.0.1:5060>", "To: <sip:bob@127.0.0.1:5060>;tag=b1")
+        .replace("ACK sip:bob@127.0.0.1:5060", "ACK sip:bob@127.0.0.1:5080")
+        .replace("Max-Forwards", "Route: <sip:127.0.0.1:5060;lr>\nMax-Forwards");
+    r.from_client(&ack);
+    let (_, to, relayed) = r.next().await;
+    assert_eq!((to.addr, relayed.method_bytes()), (addr(PBX1), &b"ACK"[..]));
 }

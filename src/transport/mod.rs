@@ -98,10 +98,19 @@ pub enum TransportError {
     Bind { addr: SocketAddr, source: std::io::Error },
 }
 
+/// What the receiver made of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled (forwarded, answered, or a malformed request answered with 400).
+    Accepted,
+    /// Unparseable and unanswerable: on a stream the framing can no longer be trusted, so the connection closes.
+    Garbage,
+}
+
 /// Receives every message the transports read. Implemented by the proxy; called on the reading task, so it must
 /// not block (it hands slow work to transaction tasks).
 pub trait Inbound: Send + Sync + 'static {
-    fn on_message(&self, data: Bytes, source: Source);
+    fn on_message(&self, data: Bytes, source: Source) -> Verdict;
 }
 
 /// The send side of every listener, shared by all tasks.

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnId, Inbound, Source, Target, Transport, TransportError};
+use super::{ConnId, Inbound, Source, Target, Transport, TransportError, Verdict};
 use crate::metrics as m;
 
 /// How long an outgoing connect may take before the backend counts as unreachable.
@@ -212,7 +212,11 @@ impl TcpPool {
                     }
                     Framed::Message(n) => {
                         let msg = buf.split_to(n).freeze();
-                        inbound.on_message(msg, Source { transport: Transport::Tcp, remote, conn: Some(id) });
+                        let src = Source { transport: Transport::Tcp, remote, conn: Some(id) };
+                        if inbound.on_message(msg, src) == Verdict::Garbage {
+                            tracing::info!(conn = id, %remote, "closing tcp connection after an unparseable message");
+                            return;
+                        }
                     }
                     Framed::Invalid(reason) => {
                         metrics::counter!(m::MALFORMED_DROPPED, "reason" => reason).increment(1);

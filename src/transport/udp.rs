@@ -65,7 +65,8 @@ impl UdpListener {
                         // One exact-size copy per datagram: the 64 KiB read buffer is reused at once, and no
                         // long-lived transaction pins a big shared allocation.
                         let data = Bytes::copy_from_slice(&buf[..n]);
-                        inbound.on_message(data, Source { transport: Transport::Udp, remote: from, conn: None });
+                        let _ =
+                            inbound.on_message(data, Source { transport: Transport::Udp, remote: from, conn: None });
                     }
                     // ICMP port unreachable from an earlier send shows up here on Linux; not fatal.
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
