@@ -129,7 +129,7 @@ impl Proxy {
     }
 
     /// Whether a request comes from one of the backends (its source, or its top Via's sent-by).
-    pub(crate) fn from_backend(&self, req: &Message, src: Source) -> bool {
+    pub(crate) fn came_from_backend(&self, req: &Message, src: Source) -> bool {
         if self.routing.is_backend_source(src.remote, src.transport) {
             return true;
         }
@@ -189,10 +189,10 @@ impl Proxy {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
             let uri = parse_name_addr(route).ok_or((400, "Bad Request: malformed Route"))?.uri;
             vec![self.hop_for_uri(uri, None)?]
-        } else if popped.count > 0 || !initial || self.from_backend(req, src) {
+        } else if popped.count > 0 || !initial || self.came_from_backend(req, src) {
             let ruri = req.request_uri();
             let ruri_ours = SipUri::parse(ruri).is_some_and(|u| self.is_own(u.host_port.host, u.host_port.port));
-            if ruri_ours && self.from_backend(req, src) {
+            if ruri_ours && self.came_from_backend(req, src) {
                 return Err((404, "Not Found"));
             }
             if ruri_ours {
@@ -202,7 +202,7 @@ impl Proxy {
                 let mut hop = self.hop_for_uri(ruri, popped.transport)?;
                 // A request from a backend toward a client on a connection we recorded: use that connection.
                 if let (Some(flow), HopAddr::Resolved(t)) = (popped.flow, &mut hop.addr) {
-                    if self.from_backend(req, src) && self.transports.conn_alive(flow) {
+                    if self.came_from_backend(req, src) && self.transports.conn_alive(flow) {
                         t.conn = Some(flow);
                         t.transport = Transport::Tcp;
                     }
