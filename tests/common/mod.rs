@@ -1,0 +1,903 @@
+//! Harness for the real-binary tests (`tests/sipp_*.rs`): runs the `sipfront` binary and SIPp on loopback and
+//! reads back what they did.
+//!
+//! Every test owns a number N (hard-coded, unique across all `tests/sipp_*.rs`) and with it two loopback
+//! addresses, so the tests run in parallel without sharing a port:
+//!
+//! ```text
+//!   127.0.0.N:5060  sipfront (UDP and TCP)        127.0.0.N:5090  the caller (SIPp UAC, or a raw socket)
+//!   127.0.1.N:5080  the first PBX (SIPp UAS)      127.0.1.N:5082  the second PBX
+//! ```
+//!
+//! The PBXs sit on their own address because sipfront recognises a TCP backend by its IP alone (its source port
+//! is ephemeral): a caller on the PBX's address would be taken for the PBX. 127.0.0.1 and its ports 5060-5090
+//! belong to the load bench and are never used here.
+//!
+//! [`Harness`] owns everything a test starts: `sipfront` and each SIPp run in their own process group under
+//! coreutils `timeout` (so even a harness killed with SIGKILL leaves nothing running for long), SIPp is also
+//! bounded by `-m` and `-timeout`, and on drop, panicking or not, every group is killed with SIGKILL and the
+//! test's temp dir removed. When the test failed, the tail of every log is printed first (set
+//! `SIPFRONT_TEST_KEEP=1` to keep the dir instead). Readiness is polled: sipfront until it answers an OPTIONS,
+//! a SIPp UAS until its socket shows up in /proc/net.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const SIPFRONT: &str = env!("CARGO_BIN_EXE_sipfront");
+/// SIPp scenarios.
+pub const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
+/// sipfront's SIP port on 127.0.0.N.
+pub const FRONT_PORT: u16 = 5060;
+/// The caller's port on 127.0.0.N.
+pub const UAC_PORT: u16 = 5090;
+/// The first and second PBX on 127.0.1.N.
+pub const PBX1_PORT: u16 = 5080;
+pub const PBX2_PORT: u16 = 5082;
+
+/// How long sipfront may take to answer its first OPTIONS, or a SIPp UAS to bind.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A SIP transport, as the tests choose it for each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tp {
+    Udp,
+    Tcp,
+}
+
+impl Tp {
+    pub fn lower(self) -> &'static str {
+        match self {
+            Tp::Udp => "udp",
+            Tp::Tcp => "tcp",
+        }
+    }
+
+    pub fn upper(self) -> &'static str {
+        match self {
+            Tp::Udp => "UDP",
+            Tp::Tcp => "TCP",
+        }
+    }
+
+    /// SIPp `-t` for a caller: one UDP socket per call, or one TCP connection for all calls.
+    pub fn sipp_uac_mode(self) -> &'static str {
+        match self {
+            Tp::Udp => "un",
+            Tp::Tcp => "t1",
+        }
+    }
+
+    /// SIPp `-t` for a PBX: one UDP socket, or one TCP listener.
+    pub fn sipp_uas_mode(self) -> &'static str {
+        match self {
+            Tp::Udp => "u1",
+            Tp::Tcp => "t1",
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ sipfront config
+
+/// One `[[backend]]`.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tp: Tp,
+    pub priority: u32,
+}
+
+/// What goes into the test's sipfront config file. The node listens on UDP and TCP at 127.0.0.N:5060.
+#[derive(Debug, Clone, Default)]
+pub struct FrontConfig {
+    pub backends: Vec<BackendSpec>,
+    /// `[timers] t1`, e.g. "50ms" so that timer B (64*T1) is short.
+    pub t1: Option<String>,
+    /// Extra `key = value` lines for `[sip]`.
+    pub sip_extra: Vec<String>,
+    pub policy: Option<String>,
+}
+
+impl FrontConfig {
+    pub fn new() -> FrontConfig {
+        FrontConfig::default()
+    }
+
+    /// Add a backend; priorities follow the order of the calls (the first is preferred).
+    pub fn backend(mut self, name: &str, addr: SocketAddr, tp: Tp) -> FrontConfig {
+        let priority = self.backends.len() as u32 + 1;
+        self.backends.push(BackendSpec { name: name.into(), addr, tp, priority });
+        self
+    }
+
+    pub fn t1(mut self, t1: &str) -> FrontConfig {
+        self.t1 = Some(t1.into());
+        self
+    }
+
+    pub fn sip(mut self, line: &str) -> FrontConfig {
+        self.sip_extra.push(line.into());
+        self
+    }
+
+    fn toml(&self, name: &str, ip: Ipv4Addr) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[node]\nid = 1\nname = \"{name}\"\n");
+        let _ =
+            writeln!(s, "[sip]\nlisten = [\"udp:{ip}:{FRONT_PORT}\", \"tcp:{ip}:{FRONT_PORT}\"]\nadvertise = \"{ip}\"");
+        for l in &self.sip_extra {
+            let _ = writeln!(s, "{l}");
+        }
+        let _ = writeln!(s, "\n[routing]\npolicy = \"{}\"\n", self.policy.as_deref().unwrap_or("active-standby"));
+        if let Some(t1) = &self.t1 {
+            let _ = writeln!(s, "[timers]\nt1 = \"{t1}\"\n");
+        }
+        for b in &self.backends {
+            let _ = writeln!(
+                s,
+                "[[backend]]\nname = \"{}\"\nuri = \"sip:{};transport={}\"\npriority = {}\nweight = 1\n",
+                b.name,
+                b.addr,
+                b.tp.lower(),
+                b.priority
+            );
+        }
+        s
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ processes
+
+/// A child process in its own process group; the group is SIGKILLed on drop.
+struct Proc {
+    label: String,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+impl Proc {
+    fn spawn(label: &str, mut cmd: Command) -> Proc {
+        cmd.process_group(0).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label} ({cmd:?}): {e}"));
+        Proc { label: label.into(), child, status: None }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    fn kill(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        // The whole group: `timeout` and the program under it.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        self.status = self.child.wait().ok();
+    }
+}
+
+/// What a finished SIPp run left behind.
+#[derive(Debug)]
+pub struct SippRun {
+    pub label: String,
+    /// The exit code (SIPp: 0 = every call succeeded, 1 = some failed, 97/99/255 = other ends; 124 = `timeout`).
+    pub code: Option<i32>,
+    /// The final "Successful call" / "Failed call" totals from SIPp's screen.
+    pub successful: Option<u64>,
+    pub failed: Option<u64>,
+    pub stdout: String,
+    /// The unexpected-message log (`-trace_err`).
+    pub errors: String,
+    /// The message trace (`-trace_msg`), when it was on.
+    pub trace: Vec<Traced>,
+    pub elapsed: Duration,
+}
+
+impl SippRun {
+    fn describe(&self) -> String {
+        let tail: Vec<&str> = self.stdout.lines().rev().take(25).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!(
+            "{}: exit code {:?}, successful {:?}, failed {:?}, {:.1} s\n--- screen (tail):\n{}\n--- unexpected messages:\n{}",
+            self.label,
+            self.code,
+            self.successful,
+            self.failed,
+            self.elapsed.as_secs_f64(),
+            tail.join("\n"),
+            tail_lines(&self.errors, 60)
+        )
+    }
+
+    /// SIPp exited 0 having completed exactly `calls` calls, none failed.
+    pub fn assert_ok(&self, calls: u64) {
+        assert!(
+            self.code == Some(0) && self.successful == Some(calls) && self.failed == Some(0),
+            "SIPp {} should have completed {calls} call(s) with none failed:\n{}",
+            self.label,
+            self.describe()
+        );
+    }
+
+    /// The messages this SIPp received (in order).
+    pub fn received(&self) -> impl Iterator<Item = &SipMsg> {
+        self.trace.iter().filter(|t| !t.sent).map(|t| &t.msg)
+    }
+
+    /// The messages this SIPp sent (in order).
+    pub fn sent(&self) -> impl Iterator<Item = &SipMsg> {
+        self.trace.iter().filter(|t| t.sent).map(|t| &t.msg)
+    }
+
+    /// The first received request with this method.
+    pub fn received_request(&self, method: &str) -> &SipMsg {
+        self.received()
+            .find(|m| m.method() == Some(method))
+            .unwrap_or_else(|| panic!("{} received no {method}; it received:\n{}", self.label, self.summary_of_trace()))
+    }
+
+    /// One line per traced message: direction and start line.
+    pub fn summary_of_trace(&self) -> String {
+        self.trace.iter().map(|t| format!("  {} {}\n", if t.sent { "->" } else { "<-" }, t.msg.start)).collect()
+    }
+}
+
+fn tail_lines(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The last number on the last line of SIPp's screen that starts with `label` (the cumulative column).
+fn screen_counter(screen: &str, label: &str) -> Option<u64> {
+    screen
+        .lines()
+        .rfind(|l| l.trim_start().starts_with(label))
+        .and_then(|l| l.split('|').next_back())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// How a SIPp instance is started.
+#[derive(Debug, Clone)]
+pub struct SippSpec {
+    pub label: String,
+    pub scenario: String,
+    /// SIPp `-t` mode.
+    pub mode: &'static str,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    /// The remote host:port (a UAC's target), none for a UAS.
+    pub remote: Option<SocketAddr>,
+    /// `-m`: SIPp exits after this many calls.
+    pub calls: u64,
+    /// SIPp's `-timeout` (the run counts as failed when it is reached).
+    pub timeout: Duration,
+    /// Message trace on (off for load runs: it would write megabytes).
+    pub trace: bool,
+    pub extra: Vec<String>,
+}
+
+impl SippSpec {
+    /// A caller on 127.0.0.N:5090 sending to sipfront.
+    pub fn uac(h: &Harness, label: &str, scenario: &str, tp: Tp) -> SippSpec {
+        SippSpec {
+            label: label.into(),
+            scenario: scenario.into(),
+            mode: tp.sipp_uac_mode(),
+            ip: h.front_ip(),
+            port: UAC_PORT,
+            remote: Some(h.front(FRONT_PORT)),
+            calls: 1,
+            timeout: Duration::from_secs(20),
+            trace: true,
+            extra: Vec::new(),
+        }
+    }
+
+    /// A PBX on 127.0.1.N:port.
+    pub fn uas(h: &Harness, label: &str, scenario: &str, tp: Tp, port: u16) -> SippSpec {
+        SippSpec {
+            label: label.into(),
+            scenario: scenario.into(),
+            mode: tp.sipp_uas_mode(),
+            ip: h.pbx_ip(),
+            port,
+            remote: None,
+            calls: 1,
+            timeout: Duration::from_secs(20),
+            trace: true,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn calls(mut self, n: u64) -> SippSpec {
+        self.calls = n;
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> SippSpec {
+        self.timeout = t;
+        self
+    }
+
+    pub fn trace(mut self, on: bool) -> SippSpec {
+        self.trace = on;
+        self
+    }
+
+    pub fn arg(mut self, a: &str) -> SippSpec {
+        self.extra.push(a.into());
+        self
+    }
+}
+
+/// A started SIPp, to wait for with [`Harness::wait_sipp`].
+#[derive(Debug)]
+pub struct Sipp {
+    idx: usize,
+    spec: SippSpec,
+    started: Instant,
+    out: PathBuf,
+    msg: PathBuf,
+    err: PathBuf,
+}
+
+// ------------------------------------------------------------------------------------------------ the harness
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Everything one test started; see the module docs.
+pub struct Harness {
+    pub name: String,
+    pub n: u8,
+    pub dir: PathBuf,
+    procs: Vec<Proc>,
+    /// Log files to show when the test fails.
+    logs: Vec<PathBuf>,
+    front_log: Option<PathBuf>,
+}
+
+impl Harness {
+    /// A test numbered `n` (unique across the test files: it picks 127.0.0.N and 127.0.1.N).
+    pub fn new(name: &str, n: u8) -> Harness {
+        assert!((2..=254).contains(&n), "test number {n} out of range");
+        require_sipp();
+        let dir = std::env::temp_dir().join(format!(
+            "sipfront-it-{name}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        Harness { name: name.into(), n, dir, procs: Vec::new(), logs: Vec::new(), front_log: None }
+    }
+
+    /// sipfront's and the caller's address.
+    pub fn front_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, 0, self.n)
+    }
+
+    /// The PBXs' address.
+    pub fn pbx_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, 0, 1, self.n)
+    }
+
+    pub fn front(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.front_ip()), port)
+    }
+
+    /// sipfront's SIP address.
+    pub fn sipfront(&self) -> SocketAddr {
+        self.front(FRONT_PORT)
+    }
+
+    pub fn pbx(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.pbx_ip()), port)
+    }
+
+    /// Write the config, start sipfront and wait until it answers an OPTIONS over UDP.
+    pub fn start_sipfront(&mut self, cfg: &FrontConfig) {
+        let toml = cfg.toml(&self.name, self.front_ip());
+        let path = self.dir.join("sipfront.toml");
+        std::fs::write(&path, &toml).expect("write config");
+        let log = self.dir.join("sipfront.log");
+        let out = std::fs::File::create(&log).expect("create sipfront.log");
+        let err = out.try_clone().expect("clone log handle");
+        let mut cmd = Command::new("timeout");
+        // A bound for when the harness itself is killed before it can clean up.
+        cmd.args(["-k", "2", "300", SIPFRONT, "run", "--config"])
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .stdout(out)
+            .stderr(err);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        self.procs.push(Proc::spawn("sipfront", cmd));
+        let idx = self.procs.len() - 1;
+        self.logs.push(log.clone());
+        self.front_log = Some(log);
+
+        let probe = UdpPeer::bind(self.front_ip());
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut i = 0;
+        loop {
+            if let Some(st) = self.procs[idx].try_wait() {
+                panic!("sipfront exited before it was ready ({st}):\n{toml}\n{}", self.front_log_text());
+            }
+            i += 1;
+            let cid = format!("ready-{i}");
+            probe.send(&options_to(probe.local, self.sipfront(), Tp::Udp, &cid).into_bytes(), self.sipfront());
+            let until = Instant::now() + Duration::from_millis(100);
+            while let Some(m) = probe.recv_msg_until(until) {
+                if m.status() == Some(200) && m.header("Call-ID") == Some(&cid) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sipfront did not answer OPTIONS within {READY_TIMEOUT:?}:\n{}",
+                self.front_log_text()
+            );
+        }
+    }
+
+    /// sipfront's log so far.
+    pub fn front_log_text(&self) -> String {
+        self.front_log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// Whether sipfront is still running.
+    pub fn sipfront_alive(&mut self) -> bool {
+        self.procs.iter_mut().find(|p| p.label == "sipfront").is_some_and(|p| p.try_wait().is_none())
+    }
+
+    /// Start SIPp (under `timeout`, in the test dir). A UAS is waited for until its socket is bound.
+    pub fn start_sipp(&mut self, spec: SippSpec) -> Sipp {
+        let scenario = Path::new(SCENARIOS).join(&spec.scenario);
+        assert!(scenario.is_file(), "no scenario {}", scenario.display());
+        let out = self.dir.join(format!("{}.out", spec.label));
+        let msg = self.dir.join(format!("{}.msg", spec.label));
+        let err = self.dir.join(format!("{}.err", spec.label));
+        let outf = std::fs::File::create(&out).expect("create sipp log");
+        let errf = outf.try_clone().expect("clone log handle");
+        let secs = spec.timeout.as_secs().max(1);
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "2", &(secs + 15).to_string(), "sipp"]);
+        if let Some(r) = spec.remote {
+            cmd.arg(r.to_string());
+        }
+        cmd.arg("-sf")
+            .arg(&scenario)
+            .args(["-t", spec.mode, "-i", &spec.ip.to_string(), "-p", &spec.port.to_string()])
+            .args(["-m", &spec.calls.to_string(), "-nostdin", "-timeout", &format!("{secs}s"), "-timeout_error"])
+            .args(["-max_socket", "4096", "-trace_err", "-error_file"])
+            .arg(&err);
+        if spec.trace {
+            cmd.args(["-trace_msg", "-message_file"]).arg(&msg);
+        }
+        cmd.args(&spec.extra).current_dir(&self.dir).stdout(outf).stderr(errf);
+        self.procs.push(Proc::spawn(&spec.label, cmd));
+        let idx = self.procs.len() - 1;
+        self.logs.push(err.clone());
+        self.logs.push(msg.clone());
+        self.logs.push(out.clone());
+        let sipp = Sipp { idx, spec, started: Instant::now(), out, msg, err };
+        if sipp.spec.remote.is_none() {
+            let tp = if sipp.spec.mode.starts_with('t') { Tp::Tcp } else { Tp::Udp };
+            let addr = SocketAddr::new(IpAddr::V4(sipp.spec.ip), sipp.spec.port);
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while !socket_bound(addr, tp) {
+                if let Some(st) = self.procs[idx].try_wait() {
+                    panic!(
+                        "SIPp {} exited before binding {addr} ({st}):\n{}",
+                        sipp.spec.label,
+                        std::fs::read_to_string(&sipp.out).unwrap_or_default()
+                    );
+                }
+                assert!(Instant::now() < deadline, "SIPp {} did not bind {addr} {tp:?}", sipp.spec.label);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        sipp
+    }
+
+    /// Start a caller and wait for it to finish.
+    pub fn run_sipp(&mut self, spec: SippSpec) -> SippRun {
+        let s = self.start_sipp(spec);
+        self.wait_sipp(s)
+    }
+
+    /// Wait for SIPp to exit (bounded by its `-timeout` plus a margin) and collect what it left.
+    pub fn wait_sipp(&mut self, s: Sipp) -> SippRun {
+        let deadline = s.started + s.spec.timeout + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = self.procs[s.idx].try_wait() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                self.procs[s.idx].kill();
+                panic!("SIPp {} did not exit within {:?} (its -timeout plus 10 s)", s.spec.label, s.spec.timeout);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = s.started.elapsed();
+        let stdout = String::from_utf8_lossy(&std::fs::read(&s.out).unwrap_or_default()).into_owned();
+        let errors = String::from_utf8_lossy(&std::fs::read(&s.err).unwrap_or_default()).into_owned();
+        let trace = if s.spec.trace {
+            parse_sipp_trace(&String::from_utf8_lossy(&std::fs::read(&s.msg).unwrap_or_default()))
+        } else {
+            Vec::new()
+        };
+        SippRun {
+            label: s.spec.label.clone(),
+            code: status.code(),
+            successful: screen_counter(&stdout, "Successful call"),
+            failed: screen_counter(&stdout, "Failed call"),
+            stdout,
+            errors,
+            trace,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for p in self.procs.iter_mut().rev() {
+            p.kill();
+        }
+        let keep = std::env::var_os("SIPFRONT_TEST_KEEP").is_some();
+        if std::thread::panicking() {
+            let mut report = format!("==== test {} failed; logs from {}\n", self.name, self.dir.display());
+            for log in &self.logs {
+                if let Ok(bytes) = std::fs::read(log) {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let _ = writeln!(report, "---- {} (tail)\n{}", log.display(), tail_lines(&text, 80));
+                }
+            }
+            eprintln!("{report}");
+        }
+        if keep {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Fail loudly when SIPp is missing: CI installs it (scripts/test.sh), so a missing one is a broken machine.
+pub fn require_sipp() {
+    let ok = Command::new("sipp").arg("-v").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    assert!(ok, "`sipp` is not on PATH: install SIPp (Debian/Ubuntu: apt-get install sip-tester)");
+}
+
+/// Whether something listens on `addr` (TCP) or has it bound (UDP), from /proc/net.
+pub fn socket_bound(addr: SocketAddr, tp: Tp) -> bool {
+    let SocketAddr::V4(a) = addr else { return false };
+    let want = format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port());
+    let (file, state) = match tp {
+        Tp::Udp => ("/proc/net/udp", "07"),
+        Tp::Tcp => ("/proc/net/tcp", "0A"),
+    };
+    std::fs::read_to_string(file).unwrap_or_default().lines().skip(1).any(|l| {
+        let mut f = l.split_whitespace();
+        let local = f.nth(1);
+        let st = f.nth(1);
+        local == Some(want.as_str()) && st == Some(state)
+    })
+}
+
+// ------------------------------------------------------------------------------------------------ SIP text
+
+/// A SIP message as the tests read it: start line, headers in order, body.
+#[derive(Debug, Clone)]
+pub struct SipMsg {
+    pub start: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+fn long_name(name: &str) -> &str {
+    match name.to_ascii_lowercase().as_str() {
+        "v" => "via",
+        "i" => "call-id",
+        "f" => "from",
+        "t" => "to",
+        "m" => "contact",
+        "l" => "content-length",
+        "c" => "content-type",
+        "k" => "supported",
+        _ => name,
+    }
+}
+
+impl SipMsg {
+    /// Parse one message (CRLF or LF line ends). `None` when there is no header section.
+    pub fn parse(data: &[u8]) -> Option<SipMsg> {
+        let text = String::from_utf8_lossy(data);
+        let (head, body) = match text.find("\r\n\r\n") {
+            Some(i) => (&text[..i], &data[i + 4..]),
+            None => match text.find("\n\n") {
+                Some(i) => (&text[..i], &data[i + 2..]),
+                None => (&text[..], &[][..]),
+            },
+        };
+        let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
+        let start = lines.next()?.to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for l in lines {
+            if l.starts_with([' ', '\t']) {
+                if let Some(last) = headers.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(l.trim());
+                }
+                continue;
+            }
+            let (n, v) = l.split_once(':')?;
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+        Some(SipMsg { start, headers, body: body.to_vec() })
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.start.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
+    }
+
+    pub fn reason(&self) -> &str {
+        self.start.strip_prefix("SIP/2.0 ").and_then(|r| r.get(4..)).unwrap_or("")
+    }
+
+    pub fn method(&self) -> Option<&str> {
+        if self.start.starts_with("SIP/2.0 ") {
+            return None;
+        }
+        self.start.split(' ').next()
+    }
+
+    pub fn request_uri(&self) -> Option<&str> {
+        self.method()?;
+        self.start.split(' ').nth(1)
+    }
+
+    /// The first header line with this name (compact forms included), its whole value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let want = long_name(name).to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| long_name(n).eq_ignore_ascii_case(&want)).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header: all lines, each split at top-level commas (outside <> and quotes).
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        let want = long_name(name).to_ascii_lowercase();
+        let mut out = Vec::new();
+        for (n, v) in &self.headers {
+            if long_name(n).eq_ignore_ascii_case(&want) {
+                out.extend(split_commas(v));
+            }
+        }
+        out
+    }
+
+    /// The CSeq method.
+    pub fn cseq_method(&self) -> Option<&str> {
+        self.header("CSeq")?.split_whitespace().nth(1)
+    }
+}
+
+fn split_commas(v: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut depth, mut quoted, mut cur) = (0i32, false, String::new());
+    for c in v.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// One message from a SIPp `-trace_msg` file.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    pub sent: bool,
+    pub msg: SipMsg,
+}
+
+/// Parse a SIPp message trace: blocks after a dashed separator line, each "UDP|TCP message sent (N bytes):" or
+/// "... message received [N] bytes :", an empty line, then the message. "Unexpected ..." echoes are skipped.
+pub fn parse_sipp_trace(text: &str) -> Vec<Traced> {
+    let mut out = Vec::new();
+    for block in text.split("-----------------------------------------------").skip(1) {
+        let mut lines = block.lines();
+        let _timestamp = lines.next();
+        let Some(kind) = lines.next() else { continue };
+        let sent = kind.contains("message sent");
+        if !sent && !kind.contains("message received") {
+            continue;
+        }
+        let rest: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
+        let raw = rest.join("\r\n");
+        if let Some(msg) = SipMsg::parse(raw.as_bytes()) {
+            out.push(Traced { sent, msg });
+        }
+    }
+    out
+}
+
+/// An OPTIONS to `to` from `local` (Request-URI without a user part: addressed to sipfront itself).
+pub fn options_to(local: SocketAddr, to: SocketAddr, tp: Tp, call_id: &str) -> String {
+    format!(
+        "OPTIONS sip:{to} SIP/2.0\r\n\
+         Via: SIP/2.0/{} {local};branch=z9hG4bK-{call_id};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{}>;tag=p-{call_id}\r\n\
+         To: <sip:{to}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n",
+        tp.upper(),
+        local.ip()
+    )
+}
+
+// ------------------------------------------------------------------------------------------------ raw sockets
+
+/// A raw UDP endpoint on an ephemeral port.
+pub struct UdpPeer {
+    pub sock: UdpSocket,
+    pub local: SocketAddr,
+}
+
+impl UdpPeer {
+    pub fn bind(ip: Ipv4Addr) -> UdpPeer {
+        UdpPeer::bind_addr(SocketAddr::new(IpAddr::V4(ip), 0))
+    }
+
+    pub fn bind_addr(addr: SocketAddr) -> UdpPeer {
+        let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        let local = sock.local_addr().expect("local addr");
+        UdpPeer { sock, local }
+    }
+
+    pub fn send(&self, data: &[u8], to: SocketAddr) {
+        self.sock.send_to(data, to).unwrap_or_else(|e| panic!("send to {to}: {e}"));
+    }
+
+    /// The next datagram before `until`, if any.
+    pub fn recv_until(&self, until: Instant) -> Option<(Vec<u8>, SocketAddr)> {
+        let mut buf = vec![0u8; 70_000];
+        loop {
+            let left = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+            self.sock.set_read_timeout(Some(left)).expect("set timeout");
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+                // ICMP port unreachable of an earlier send, or the timeout.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn recv(&self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+        self.recv_until(Instant::now() + wait)
+    }
+
+    /// The next datagram that parses as SIP, before `until`.
+    pub fn recv_msg_until(&self, until: Instant) -> Option<SipMsg> {
+        loop {
+            let (d, _) = self.recv_until(until)?;
+            if let Some(m) = SipMsg::parse(&d) {
+                return Some(m);
+            }
+        }
+    }
+
+    pub fn recv_msg(&self, wait: Duration) -> Option<SipMsg> {
+        self.recv_msg_until(Instant::now() + wait)
+    }
+}
+
+/// A raw TCP connection with Content-Length framing of what it reads.
+pub struct TcpPeer {
+    pub stream: TcpStream,
+    pub local: SocketAddr,
+    buf: Vec<u8>,
+}
+
+/// What reading a TCP peer gave.
+#[derive(Debug)]
+pub enum TcpRead {
+    Msg(SipMsg),
+    /// Nothing within the wait.
+    Timeout,
+    /// The other side closed (EOF or reset).
+    Closed,
+}
+
+impl TcpPeer {
+    pub fn connect(from: Ipv4Addr, to: SocketAddr) -> TcpPeer {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        sock.bind(&SocketAddr::new(IpAddr::V4(from), 0).into()).expect("bind");
+        sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        let stream: TcpStream = sock.into();
+        stream.set_nodelay(true).expect("nodelay");
+        let local = stream.local_addr().expect("local addr");
+        TcpPeer { stream, local, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(data)
+    }
+
+    /// The next framed message (leading CRLF keep-alives skipped), EOF, or nothing within `wait`.
+    pub fn recv(&mut self, wait: Duration) -> TcpRead {
+        let until = Instant::now() + wait;
+        loop {
+            while self.buf.first().is_some_and(|c| *c == b'\r' || *c == b'\n') {
+                self.buf.remove(0);
+            }
+            if let Some(hend) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = SipMsg::parse(&self.buf[..hend + 4]);
+                let len = head
+                    .as_ref()
+                    .and_then(|m| m.header("Content-Length"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if self.buf.len() >= hend + 4 + len {
+                    let data: Vec<u8> = self.buf.drain(..hend + 4 + len).collect();
+                    if let Some(m) = SipMsg::parse(&data) {
+                        return TcpRead::Msg(m);
+                    }
+                    continue;
+                }
+            }
+            let Some(left) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+                return TcpRead::Timeout;
+            };
+            self.stream.set_read_timeout(Some(left)).expect("set timeout");
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return TcpRead::Closed,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return TcpRead::Timeout
+                }
+                Err(_) => return TcpRead::Closed,
+            }
+        }
+    }
+
+    /// The next message, or panic saying what came instead.
+    pub fn expect_msg(&mut self, wait: Duration, what: &str) -> SipMsg {
+        match self.recv(wait) {
+            TcpRead::Msg(m) => m,
+            other => panic!("expected {what} over TCP, got {other:?}"),
+        }
+    }
+}
