@@ -130,7 +130,7 @@ impl Proxy {
 
     /// Whether a request comes from one of the backends (its source, or its top Via's sent-by).
     pub(crate) fn came_from_backend(&self, req: &Message, src: Source) -> bool {
-        if self.routing.is_backend_source(src.remote, src.transport) {
+        if self.routing.is_backend_source(src.remote) {
             return true;
         }
         req.top_via().is_some_and(|v| {

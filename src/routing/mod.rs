@@ -62,12 +62,10 @@ impl Routing {
         self.backends.iter().position(|b| b.addr == addr)
     }
 
-    /// Whether an IP:port belongs to a backend, or (for stream transports, whose source ports are ephemeral)
-    /// whether the IP does.
-    pub fn is_backend_source(&self, addr: SocketAddr, transport: Transport) -> bool {
-        self.backends.iter().any(|b| {
-            b.addr == addr || (transport.is_reliable() && b.addr.ip() == addr.ip() && b.transport == transport)
-        })
+    /// Whether a packet source is a backend: its exact address (UDP, or a connection we opened to it). A
+    /// connection the PBX opened has an ephemeral port; the proxy then recognises the PBX by its Via instead.
+    pub fn is_backend_source(&self, addr: SocketAddr) -> bool {
+        self.backend_at(addr).is_some()
     }
 
     /// The order in which to try backends for a new request: the first is the policy's pick, the rest are
