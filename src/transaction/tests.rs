@@ -304,3 +304,46 @@ async fn ack_reusing_the_invite_branch_after_2xx_is_relayed_end_to_end() {
     let (_, to, relayed) = r.next().await;
     assert_eq!((to.addr, relayed.method_bytes()), (addr(PBX1), &b"ACK"[..]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_ack_timer_g_retransmits_until_timer_h() {
+    let mut r = rig(&[PBX1]);
+    r.send_from_client(&invite("z9hG4bK-13"));
+    r.next().await;
+    let (_, _, fwd) = r.next().await;
+    r.send_from_backend(PBX1, answer(&fwd, 603));
+    let mut finals = Vec::new();
+    while let Ok(Some((t, b))) = tokio::time::timeout(Duration::from_secs(40), r.out.recv()).await {
+        let m = Message::parse(b).unwrap();
+        if t.addr == addr(CLIENT) {
+            finals.push(r.t0.elapsed().as_millis());
+            assert_eq!(m.status(), Some(603));
+        }
+    }
+    // G doubles from T1 and is capped at T2 (4 s); H ends it at 64*T1 = 32 s.
+    assert_eq!(finals, [0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]);
+    assert_eq!(r.proxy.txs.active(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retransmitted_2xx_is_relayed_while_accepted() {
+    let mut r = rig(&[PBX1]);
+    r.send_from_client(&invite("z9hG4bK-14"));
+    r.next().await;
+    let (_, _, fwd) = r.next().await;
+    let ok = answer(&fwd, 200);
+    r.send_from_backend(PBX1, ok.clone());
+    assert_eq!(r.next().await.2.status(), Some(200));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    r.send_from_backend(PBX1, ok.clone());
+    let (_, to, again) = r.next().await;
+    assert_eq!((to.addr, again.status()), (addr(CLIENT), Some(200)));
+    // INVITE retransmissions are absorbed without an answer in Accepted (RFC 6026).
+    r.send_from_client(&invite("z9hG4bK-14"));
+    r.quiet_for(Duration::from_secs(31)).await;
+    assert_eq!(r.proxy.txs.active(), 0, "timers L/M ended it");
+    // After that, a stray 2xx is still relayed statelessly by its Via.
+    r.send_from_backend(PBX1, ok);
+    let (_, to, stray) = r.next().await;
+    assert_eq!((to.addr, stray.status()), (addr(CLIENT), Some(200)));
+}
