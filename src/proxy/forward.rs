@@ -76,6 +76,12 @@ impl Proxy {
 
     /// Relay a request without a transaction (ACK for a 2xx, RFC 3261 §16.11 / §13.2.2.4).
     pub(crate) fn forward_stateless(self: &Arc<Self>, req: Message, src: Source) {
+        if req.max_forwards() == Some(0) {
+            // Cannot be forwarded (RFC 3261 §16.3 step 3) and an ACK cannot be answered: drop and count.
+            self.stats.unroutable_acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(from = %src.remote, "ACK with Max-Forwards 0 dropped");
+            return;
+        }
         let plan = match self.plan(&req, src) {
             Ok(p) => p,
             Err((code, reason)) => {

@@ -36,7 +36,7 @@ impl Proxy {
 
     /// Send our own response to a request, back the way it came.
     pub(crate) fn reply(&self, req: &Message, src: Source, code: u16, reason: &str) {
-        let tag = format!("{:x}", self.unique());
+        let tag = self.local_tag();
         let mut b = ResponseBuilder::new(req, code, reason).source(src.remote);
         if code > 100 {
             b = b.to_tag(tag.as_bytes());
@@ -65,7 +65,7 @@ impl Proxy {
                 tracing::debug!(from = %src.remote, reason = err.reason(), "malformed request, answering 400");
                 let reason = format!("Bad Request ({})", err.reason());
                 let warning = format!("399 {} \"{}\"", self.settings.advertise, err.reason());
-                let tag = format!("{:x}", self.unique());
+                let tag = self.local_tag();
                 let resp = ResponseBuilder::new(&req, 400, &reason)
                     .source(src.remote)
                     .to_tag(tag.as_bytes())

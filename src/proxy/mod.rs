@@ -110,6 +110,19 @@ impl Proxy {
         self.instance.rotate_left(17) ^ (n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
     }
 
+    /// A To tag for a response sipfront generates itself. The prefix is this process's, so an ACK carrying it is
+    /// recognised as the hop-by-hop ACK of one of our own non-2xx answers (we never answer an INVITE with 2xx).
+    pub fn local_tag(&self) -> String {
+        format!("sf{:08x}.{:x}", self.instance as u32, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Whether a To tag is one [`Proxy::local_tag`] made.
+    pub fn is_local_tag(&self, tag: &[u8]) -> bool {
+        let mut prefix = [0u8; 10];
+        let _ = std::io::Write::write_fmt(&mut &mut prefix[..], format_args!("sf{:08x}", self.instance as u32));
+        tag.len() > 11 && tag.starts_with(&prefix) && tag[10] == b'.'
+    }
+
     fn handle(self: &Arc<Self>, data: Bytes, src: Source) -> Verdict {
         let msg = match Message::parse(data.clone()) {
             Ok(msg) => msg,
@@ -133,6 +146,9 @@ impl Proxy {
                 if let Some(tx) = self.txs.server(&key) {
                     // Same branch as an INVITE we handled: the transaction knows whether it answered 2xx.
                     let _ = tx.send(TxEvent::Ack(Box::new(req), src));
+                } else if req.to_tag().is_some_and(|t| self.is_local_tag(t)) {
+                    // ACK for a non-2xx we answered without a transaction (483, 420, 404, 400 ...): ends here.
+                    self.stats.acks_absorbed.fetch_add(1, Ordering::Relaxed);
                 } else {
                     // ACK for a 2xx: end-to-end, relayed without state.
                     self.forward_stateless(req, src);

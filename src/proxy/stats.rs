@@ -14,6 +14,7 @@ pub struct Stats {
     pub stray_responses: AtomicU64,
     pub stateless_responses: AtomicU64,
     pub unroutable_acks: AtomicU64,
+    pub acks_absorbed: AtomicU64,
     pub backend_failovers: AtomicU64,
     pub transactions: AtomicU64,
 }
@@ -30,6 +31,7 @@ pub struct StatsSnapshot {
     pub stray_responses: u64,
     pub stateless_responses: u64,
     pub unroutable_acks: u64,
+    pub acks_absorbed: u64,
     pub backend_failovers: u64,
     pub transactions: u64,
 }
@@ -47,6 +49,7 @@ impl Stats {
             stray_responses: g(&self.stray_responses),
             stateless_responses: g(&self.stateless_responses),
             unroutable_acks: g(&self.unroutable_acks),
+            acks_absorbed: g(&self.acks_absorbed),
             backend_failovers: g(&self.backend_failovers),
             transactions: g(&self.transactions),
         }

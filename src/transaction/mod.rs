@@ -173,7 +173,7 @@ impl Ctx {
 
     /// Our own response to the client's request.
     fn reply_local(&self, code: u16, reason: &str) -> Bytes {
-        let tag = format!("{:x}", self.proxy.unique());
+        let tag = self.proxy.local_tag();
         let b = crate::sip::ResponseBuilder::new(&self.req, code, reason).source(self.src.remote);
         let b = if code > 100 { b.to_tag(tag.as_bytes()) } else { b };
         let out = b.build();

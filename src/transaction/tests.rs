@@ -347,3 +347,25 @@ async fn retransmitted_2xx_is_relayed_while_accepted() {
     let (_, to, stray) = r.next().await;
     assert_eq!((to.addr, stray.status()), (addr(CLIENT), Some(200)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn ack_for_our_own_483_ends_here_and_ack_with_max_forwards_0_is_dropped() {
+    let mut r = rig(&[PBX1]);
+    r.send_from_client(&invite("z9hG4bK-15").replace("Max-Forwards: 70", "Max-Forwards: 0"));
+    let (_, _, too_many) = r.next().await;
+    assert_eq!(too_many.status(), Some(483));
+    let tag = String::from_utf8(too_many.to_tag().unwrap().to_vec()).unwrap();
+    assert!(r.proxy.is_local_tag(tag.as_bytes()));
+    let ack = non_invite("ACK", "z9hG4bK-15")
+        .replace("CSeq: 7 ACK", "CSeq: 1 ACK")
+        .replace("To: <sip:bob@127.0.0.1:5060>", &format!("To: <sip:bob@127.0.0.1:5060>;tag={tag}"));
+    r.send_from_client(&ack);
+    let stray = non_invite("ACK", "z9hG4bK-16")
+        .replace("CSeq: 7 ACK", "CSeq: 1 ACK")
+        .replace("To: <sip:bob@127.0.0.1:5060>", "To: <sip:bob@127.0.0.1:5060>;tag=remote")
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
+    r.send_from_client(&stray);
+    r.quiet_for(Duration::from_secs(1)).await;
+    let s = r.proxy.stats.snapshot();
+    assert_eq!((s.acks_absorbed, s.unroutable_acks), (1, 1));
+}
