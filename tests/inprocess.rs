@@ -205,3 +205,24 @@ async fn garbage_is_dropped_and_malformed_requests_are_answered_and_counted() {
     let s = n.server.proxy.stats.snapshot();
     assert_eq!((s.malformed_dropped, s.malformed_rejected), (1, 1), "the garbage came first and was counted");
 }
+
+#[tokio::test]
+async fn ipv6_listener_writes_bracketed_via_and_record_route() {
+    let pbx = UdpSocket::bind("[::1]:0").await.unwrap();
+    let text = format!(
+        "[node]\nid = 1\nname = \"v6\"\n[sip]\nlisten = [\"udp:[::1]:0\"]\nadvertise = \"::1\"\n[log]\nlevel = \"warn\"\n{}",
+        backend("p", "udp", pbx.local_addr().unwrap(), 1)
+    );
+    let server = Server::start(&Config::from_toml(&text).unwrap(), CancellationToken::new()).await.unwrap();
+    let front = server.local_addrs()[0].1;
+    let phone = UdpSocket::bind("[::1]:0").await.unwrap();
+    let me = phone.local_addr().unwrap();
+    phone.send_to(&request("INVITE", "sip:bob@[::1]", me, "UDP", "v6"), front).await.unwrap();
+    let (inv, _) = recv_udp(&pbx).await;
+    let via = inv.top_via().unwrap();
+    assert_eq!((via.sent_by.host, via.sent_by.port), (&b"::1"[..], Some(front.port())));
+    let rr = format!("<sip:[::1]:{};lr>", front.port());
+    assert_eq!(inv.header(HeaderName::RecordRoute), Some(rr.as_bytes()));
+    let client_via = inv.header_values(HeaderName::Via).nth(1).unwrap();
+    assert!(String::from_utf8_lossy(client_via).contains(&format!(";received=::1;rport={}", me.port())));
+}

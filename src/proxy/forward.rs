@@ -22,14 +22,14 @@ impl Proxy {
 
     fn via_value(&self, t: Transport, branch: &[u8]) -> String {
         let mut s = String::with_capacity(80);
-        let _ = write!(s, "SIP/2.0/{} {}:{};branch=", t.as_upper(), self.settings.advertise, self.port_for(t));
+        let _ = write!(s, "SIP/2.0/{} {}:{};branch=", t.as_upper(), self.settings.advertise_host(), self.port_for(t));
         s.push_str(std::str::from_utf8(branch).unwrap_or_default());
         s
     }
 
     fn record_route_value(&self, t: Transport, flow: Option<u64>) -> String {
         let mut s = String::with_capacity(64);
-        let _ = write!(s, "<sip:{}:{}", self.settings.advertise, self.port_for(t));
+        let _ = write!(s, "<sip:{}:{}", self.settings.advertise_host(), self.port_for(t));
         if t != Transport::Udp {
             let _ = write!(s, ";transport={}", t.as_lower());
         }

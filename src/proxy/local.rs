@@ -64,7 +64,7 @@ impl Proxy {
                 metrics::counter!(m::MALFORMED_REJECTED, "reason" => err.reason()).increment(1);
                 tracing::debug!(from = %src.remote, reason = err.reason(), "malformed request, answering 400");
                 let reason = format!("Bad Request ({})", err.reason());
-                let warning = format!("399 {} \"{}\"", self.settings.advertise, err.reason());
+                let warning = format!("399 {} \"{}\"", self.settings.advertise_host(), err.reason());
                 let tag = self.local_tag();
                 let resp = ResponseBuilder::new(&req, 400, &reason)
                     .source(src.remote)

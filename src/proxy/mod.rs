@@ -40,6 +40,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The advertised host as written in a Via or URI: IPv6 addresses in brackets.
+    pub fn advertise_host(&self) -> std::borrow::Cow<'_, str> {
+        if self.advertise.contains(':') {
+            format!("[{}]", self.advertise).into()
+        } else {
+            self.advertise.as_str().into()
+        }
+    }
+
     pub fn from_config(cfg: &Config) -> Settings {
         Settings {
             node_id: cfg.node.id,
