@@ -901,3 +901,90 @@ impl TcpPeer {
         }
     }
 }
+
+/// A TCP "backend" that accepts connections and reads whatever comes, and never answers.
+pub struct MuteTcpBackend {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MuteTcpBackend {
+    pub fn start(addr: SocketAddr) -> MuteTcpBackend {
+        let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, seen2) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok((s, _)) = listener.accept() {
+                    s.set_nonblocking(true).expect("nonblocking");
+                    conns.push(s);
+                }
+                let mut buf = [0u8; 8192];
+                for c in &mut conns {
+                    if let Ok(n) = c.read(&mut buf) {
+                        seen2.lock().expect("lock").extend_from_slice(&buf[..n]);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        MuteTcpBackend { addr, stop, seen, thread: Some(thread) }
+    }
+
+    /// Everything received so far, split into messages at the start lines of SIP requests.
+    pub fn requests(&self) -> Vec<SipMsg> {
+        let data = String::from_utf8_lossy(&self.seen.lock().expect("lock")).into_owned();
+        let mut out = Vec::new();
+        let mut rest = data.as_str();
+        while let Some(hend) = rest.find("\r\n\r\n") {
+            let Some(m) = SipMsg::parse(&rest.as_bytes()[..hend + 4]) else { break };
+            let len: usize = m.header("Content-Length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let end = (hend + 4 + len).min(rest.len());
+            out.extend(SipMsg::parse(&rest.as_bytes()[..end]));
+            rest = &rest[end..];
+        }
+        out
+    }
+}
+
+impl Drop for MuteTcpBackend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every datagram waiting on a socket now (waits at most `wait` for each next one).
+pub fn drain_udp(peer: &UdpPeer, wait: Duration) -> Vec<SipMsg> {
+    let mut out = Vec::new();
+    while let Some((d, _)) = peer.recv(wait) {
+        out.extend(SipMsg::parse(&d));
+    }
+    out
+}
+
+/// A request from `local` with the usual headers, `extra` header lines (each ending in CRLF) and no body:
+/// Via with rport, Max-Forwards 70 (unless `extra` has one), From tag, To without tag, CSeq 1.
+pub fn request(method: &str, ruri: &str, local: SocketAddr, tp: Tp, call_id: &str, extra: &str) -> String {
+    let mf = if extra.to_ascii_lowercase().contains("max-forwards:") { "" } else { "Max-Forwards: 70\r\n" };
+    format!(
+        "{method} {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/{} {local};branch=z9hG4bK-{call_id};rport\r\n\
+         {mf}\
+         From: <sip:tester@{}>;tag=t-{call_id}\r\n\
+         To: <{ruri}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 {method}\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n",
+        tp.upper(),
+        local.ip()
+    )
+}
