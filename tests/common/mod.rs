@@ -18,7 +18,8 @@
 //! bounded by `-m` and `-timeout`, and on drop, panicking or not, every group is killed with SIGKILL and the
 //! test's temp dir removed. When the test failed, the tail of every log is printed first (set
 //! `SIPFRONT_TEST_KEEP=1` to keep the dir instead). Readiness is polled: sipfront until it answers an OPTIONS,
-//! a SIPp UAS until its socket shows up in /proc/net.
+//! a SIPp UAS until its socket shows up in /proc/net. `SIPFRONT_TEST_BIN=/path/to/sipfront` runs the tests
+//! against another build (a release build, say) instead of the one cargo built with them.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -30,8 +31,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const SIPFRONT: &str = env!("CARGO_BIN_EXE_sipfront");
+/// The binary under test: the one cargo built with these tests, or `SIPFRONT_TEST_BIN` (e.g. a release build).
+pub fn sipfront_bin() -> String {
+    std::env::var("SIPFRONT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sipfront").to_string())
+}
 /// SIPp scenarios.
 pub const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
 /// sipfront's SIP port on 127.0.0.N.
@@ -420,7 +423,7 @@ impl Harness {
         let err = out.try_clone().expect("clone log handle");
         let mut cmd = Command::new("timeout");
         // A bound for when the harness itself is killed before it can clean up.
-        cmd.args(["-k", "2", "300", SIPFRONT, "run", "--config"])
+        cmd.args(["-k", "2", "300", &sipfront_bin(), "run", "--config"])
             .arg(&path)
             .env("NO_COLOR", "1")
             .stdout(out)
@@ -460,6 +463,15 @@ impl Harness {
     /// sipfront's log so far.
     pub fn front_log_text(&self) -> String {
         self.front_log.as_ref().and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
+    }
+
+    /// sipfront's log lines at WARN or ERROR level.
+    pub fn front_log_problems(&self) -> Vec<String> {
+        self.front_log_text()
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .map(String::from)
+            .collect()
     }
 
     /// Whether sipfront is still running.
