@@ -144,6 +144,14 @@ fn cancel_before_answer(name: &str, n: u8, tp: Tp) {
     let ack = uas.received_request("ACK");
     assert_eq!(ack.header_values("Via"), [inv_top], "ACK for the 487 is sipfront's, on the INVITE's branch");
     assert_eq!(ack.header("CSeq"), Some("1 ACK"));
+    assert_answered_once(&uas, 487);
+}
+
+/// The PBX sent its final `code` once: sipfront's ACK came before SIPp's first retransmission (500 ms), i.e.
+/// sipfront ACKs at once rather than only when the response is retransmitted.
+fn assert_answered_once(uas: &SippRun, code: u16) {
+    let sent = uas.sent().filter(|m| m.status() == Some(code)).count();
+    assert_eq!(sent, 1, "the PBX had to send its {code} {sent} times:\n{}", uas.summary_of_trace());
 }
 
 #[test]
@@ -181,6 +189,7 @@ fn busy_relayed(name: &str, n: u8, tp: Tp) {
         "the PBX must get exactly one ACK:\n{}",
         uas.summary_of_trace()
     );
+    assert_answered_once(&uas, 486);
 }
 
 #[test]

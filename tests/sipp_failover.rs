@@ -99,6 +99,8 @@ fn failover_503(name: &str, n: u8, tp: Tp) {
     let inv = busy.received_request("INVITE");
     let ack = busy.received_request("ACK");
     assert_eq!(ack.header_values("Via"), [inv.header_values("Via")[0].clone()], "hop-by-hop ACK for the 503");
+    let sent = busy.sent().filter(|m| m.status() == Some(503)).count();
+    assert_eq!(sent, 1, "sipfront should ACK the 503 at once, not after retransmissions:\n{}", busy.summary_of_trace());
 }
 
 #[test]
