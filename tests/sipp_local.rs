@@ -1,6 +1,7 @@
-//! What the real `sipfront` binary answers itself: OPTIONS addressed to it, Max-Forwards exhausted (483), and a
-//! request that comes back to it through a backend pointing at itself (482). A raw socket is the client here;
-//! the tests read every byte sipfront sends back. Test numbers (see tests/common/mod.rs): 50-59.
+//! What the real `sipfront` binary answers itself: OPTIONS addressed to it, Max-Forwards exhausted (483) and the
+//! ACK of such an answer, a request that comes back to it through a backend pointing at itself (482), a CANCEL
+//! that matches nothing (481); and the transaction layer's handling of INVITE and 2xx retransmissions. Raw
+//! sockets are the client (and, where it matters, the PBX): the tests read every byte sipfront sends. Test numbers (see tests/common/mod.rs): 50-59.
 
 mod common;
 
@@ -228,4 +229,61 @@ fn loop_detected_udp() {
 #[test]
 fn loop_detected_tcp() {
     loop_detected("loop_detected_tcp", 54, Tp::Tcp);
+}
+
+/// A PBX answer to a forwarded request: its Vias, From, To (with `to_tag`), Call-ID and CSeq copied.
+fn answer(req: &SipMsg, code: u16, reason: &str, to_tag: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.header_values("Via") {
+        s.push_str(&format!("Via: {v}\r\n"));
+    }
+    for name in ["From", "Call-ID", "CSeq"] {
+        s.push_str(&format!("{name}: {}\r\n", req.header(name).unwrap()));
+    }
+    s.push_str(&format!("To: {};tag={to_tag}\r\nContent-Length: 0\r\n\r\n", req.header("To").unwrap()));
+    s
+}
+
+#[test]
+fn invite_retransmissions_absorbed_and_2xx_retransmissions_relayed_udp() {
+    let mut h = Harness::new("invite_retransmissions_absorbed_udp", 57);
+    let pbx = UdpPeer::bind_addr(h.pbx(PBX1_PORT));
+    h.start_sipfront(&FrontConfig::new().backend("pbx1", h.pbx(PBX1_PORT), Tp::Udp));
+    let c = UdpPeer::bind(h.front_ip());
+    let ruri = format!("sip:service@{}", h.sipfront());
+    let invite = request("INVITE", &ruri, c.local, Tp::Udp, "retrans", "Contact: <sip:tester@127.0.0.57>\r\n");
+    c.send(invite.as_bytes(), h.sipfront());
+    assert_eq!(expect_udp(&c, "100").status(), Some(100));
+    let fwd = pbx.recv_msg(WAIT).expect("INVITE at the PBX");
+    pbx.send(answer(&fwd, 180, "Ringing", "pbx").as_bytes(), h.sipfront());
+    assert_eq!(expect_udp(&c, "180").status(), Some(180));
+
+    // The caller retransmits while it rings: it gets the 180 again, the PBX gets nothing.
+    c.send(invite.as_bytes(), h.sipfront());
+    let again = expect_udp(&c, "the 180 again");
+    assert_eq!(again.status(), Some(180), "a retransmitted INVITE gets the latest provisional: {again:#?}");
+    assert!(pbx.recv(Duration::from_millis(300)).is_none(), "the retransmission must not be forwarded");
+
+    // 200, then the PBX retransmits it (it has no ACK yet): both reach the caller.
+    let ok = answer(&fwd, 200, "OK", "pbx");
+    pbx.send(ok.as_bytes(), h.sipfront());
+    assert_eq!(expect_udp(&c, "200").status(), Some(200));
+    pbx.send(ok.as_bytes(), h.sipfront());
+    assert_eq!(expect_udp(&c, "the retransmitted 200").status(), Some(200), "2xx retransmissions are relayed");
+    // A late INVITE retransmission after the 200 is absorbed (RFC 6026 Accepted state).
+    c.send(invite.as_bytes(), h.sipfront());
+    assert!(pbx.recv(Duration::from_millis(300)).is_none(), "an INVITE retransmission after the 200 must stay");
+}
+
+#[test]
+fn cancel_without_transaction_gets_481() {
+    let mut h = Harness::new("cancel_without_transaction_gets_481", 58);
+    let pbx = UdpPeer::bind_addr(h.pbx(PBX1_PORT));
+    h.start_sipfront(&FrontConfig::new().backend("pbx1", h.pbx(PBX1_PORT), Tp::Udp));
+    let c = UdpPeer::bind(h.front_ip());
+    let ruri = format!("sip:service@{}", h.sipfront());
+    c.send(request("CANCEL", &ruri, c.local, Tp::Udp, "cancel-nothing", "").as_bytes(), h.sipfront());
+    let resp = expect_udp(&c, "481");
+    assert_eq!(resp.status(), Some(481), "{resp:#?}");
+    assert!(pbx.recv(Duration::from_millis(300)).is_none(), "a CANCEL that matches nothing is not forwarded");
 }
