@@ -21,10 +21,13 @@
 pub mod config;
 pub mod dialog;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod registration;
 pub mod routing;
 pub mod server;
 pub mod sip;
+pub mod token;
 pub mod transaction;
 pub mod transport;

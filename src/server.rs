@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DialogConfig};
 use crate::error::Error;
+use crate::health::BackendState;
 use crate::proxy::{Proxy, ProxyInbound, Settings};
 use crate::routing::Routing;
 use crate::transport::Transports;
 
-/// Calls older than this are dropped from the dialog table (a BYE that never came).
-const DIALOG_MAX_AGE: Duration = Duration::from_secs(4 * 3600);
+/// How often the reaper looks for expired dialogs and registrations.
+const REAP_EVERY: Duration = Duration::from_secs(10);
 /// How long a graceful shutdown waits for open transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -29,24 +30,11 @@ impl Server {
         let transports =
             Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get()).await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
-        let proxy = Proxy::new(Settings::from_config(cfg), transports.clone(), routing);
+        let proxy = Proxy::new(Settings::from_config(cfg)?, transports.clone(), routing);
         transports.start(Arc::new(ProxyInbound(proxy.clone())), &shutdown);
-        let reaper = proxy.clone();
-        let token = shutdown.child_token();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => break,
-                    _ = tick.tick() => {
-                        let n = reaper.dialogs.reap(DIALOG_MAX_AGE);
-                        if n > 0 {
-                            tracing::info!(dialogs = n, "reaped dialogs past the maximum call duration");
-                        }
-                    }
-                }
-            }
-        });
+        crate::health::probe::start(proxy.clone(), shutdown.child_token());
+        tokio::spawn(rehome_on_failure(proxy.clone(), shutdown.child_token()));
+        tokio::spawn(reap(proxy.clone(), cfg.dialogs.clone(), shutdown.child_token()));
         for (t, a) in transports.local_addrs() {
             tracing::info!(transport = %t, addr = %a, "listening");
         }
@@ -64,6 +52,56 @@ impl Server {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.proxy.txs.active() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// When a backend goes down, move its dialogs to the backend the policy picks among the live ones: in-dialog
+/// requests of established calls then go to a surviving PBX. (Requests also re-home a dialog lazily when they
+/// find its home down, so a lagging event loses nothing.)
+async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let mut events = proxy.health.subscribe();
+    loop {
+        let ev = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ev = events.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        if ev.state != BackendState::Down {
+            continue;
+        }
+        let Some(survivor) = proxy.backend_order().into_iter().find(|&b| b != ev.backend && proxy.health.is_up(b))
+        else {
+            tracing::warn!(backend = %proxy.routing.backends()[ev.backend].name, "backend down and no other backend up");
+            continue;
+        };
+        let moved = proxy.dialogs.rehome(ev.backend, survivor);
+        tracing::info!(
+            from = %proxy.routing.backends()[ev.backend].name,
+            to = %proxy.routing.backends()[survivor].name,
+            dialogs = moved,
+            "dialogs re-homed"
+        );
+    }
+}
+
+/// Drop dialogs past the maximum call duration or silent too long, and expired registrations.
+async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(REAP_EVERY);
+    let linger = proxy.settings.timers.t1x64();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let dialogs = proxy.dialogs.reap(cfg.max_call_duration.get(), cfg.idle_timeout.get(), linger);
+        let flows = proxy.flows.reap();
+        if dialogs + flows > 0 {
+            tracing::info!(dialogs, flows, "reaped expired dialogs and registrations");
         }
     }
 }

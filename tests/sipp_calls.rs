@@ -7,8 +7,8 @@ mod common;
 
 use common::*;
 
-/// The Record-Route entries sipfront must add for a caller on `client` and a PBX on `pbx`, top first; `ft` stands
-/// for the flow token (`;ft=N`) a TCP caller's entry carries.
+/// The Record-Route entries sipfront must add for a caller on `client` and a PBX on `pbx`, top first; `*` stands
+/// for the flow token (`;ft=N`) a TCP caller's entry carries, `#` for the dialog token (`;d=HEX`) every entry has.
 fn expected_record_route(h: &Harness, client: Tp, pbx: Tp) -> Vec<String> {
     let me = h.sipfront();
     let entry = |tp: Tp, flow: bool| {
@@ -19,7 +19,7 @@ fn expected_record_route(h: &Harness, client: Tp, pbx: Tp) -> Vec<String> {
         if flow {
             s.push_str(";ft=*");
         }
-        s.push_str(";lr>");
+        s.push_str(";d=#;lr>");
         s
     };
     if client == Tp::Udp && pbx == Tp::Udp {
@@ -29,17 +29,13 @@ fn expected_record_route(h: &Harness, client: Tp, pbx: Tp) -> Vec<String> {
     }
 }
 
-/// `pattern` with `*` standing for one or more digits.
+/// `pattern` with `*` standing for one or more digits and `#` for one or more hex digits.
 fn matches_flow(pattern: &str, value: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == value,
-        Some((a, b)) => {
-            value.len() > a.len() + b.len()
-                && value.starts_with(a)
-                && value.ends_with(b)
-                && value[a.len()..value.len() - b.len()].bytes().all(|c| c.is_ascii_digit())
-        }
-    }
+    let Some(i) = pattern.find(['*', '#']) else { return pattern == value };
+    let Some(rest) = value.strip_prefix(&pattern[..i]) else { return false };
+    let class = |c: u8| if pattern.as_bytes()[i] == b'*' { c.is_ascii_digit() } else { c.is_ascii_hexdigit() };
+    let run = rest.bytes().take_while(|c| class(*c)).count();
+    run > 0 && matches_flow(&pattern[i + 1..], &rest[run..])
 }
 
 fn assert_record_route(h: &Harness, msg: &SipMsg, client: Tp, pbx: Tp, who: &str) {

@@ -92,6 +92,7 @@ pub fn forward_edit<'a>(rr: &'a [&'a [u8]], source: SocketAddr) -> ForwardEdit<'
         source: Some(source),
         max_forwards: 68,
         method: None,
+        path: None,
     }
 }
 

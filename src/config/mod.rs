@@ -44,6 +44,12 @@ pub struct Config {
     pub timers: TimerConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub dialogs: DialogConfig,
+    #[serde(default)]
+    pub registrations: RegistrationConfig,
     /// `[[backend]]` tables: the PBXs, in any order (priority decides).
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -112,6 +118,10 @@ pub struct SipConfig {
     /// Max-Forwards written into requests that arrive without one.
     #[serde(default = "default_max_forwards")]
     pub max_forwards: u32,
+    /// A file holding the key that authenticates our Record-Route and Path tokens. Without it a random key is
+    /// made at start, and calls set up before a restart can no longer be routed by token.
+    #[serde(default)]
+    pub secret_file: Option<std::path::PathBuf>,
 }
 
 fn default_max_message_size() -> usize {
@@ -218,6 +228,116 @@ impl Default for LogConfig {
     }
 }
 
+/// `[health]`: SIP OPTIONS probes to every backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Probe backends at all. Off, every backend counts as up and only passive failover applies.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Time between two probes of one backend.
+    #[serde(default = "default_probe_interval")]
+    pub interval: ConfigDuration,
+    /// How long a probe waits for its answer.
+    #[serde(default = "default_probe_timeout")]
+    pub timeout: ConfigDuration,
+    /// Consecutive failures (probes or real traffic) that mark a backend down.
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Consecutive successful probes that mark it up again.
+    #[serde(default = "default_up_after")]
+    pub up_after: u32,
+    /// Answers to OPTIONS that count as alive.
+    #[serde(default = "default_ok_codes")]
+    pub ok_codes: Vec<u16>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_probe_interval() -> ConfigDuration {
+    ConfigDuration::millis(500)
+}
+fn default_probe_timeout() -> ConfigDuration {
+    ConfigDuration::millis(500)
+}
+fn default_down_after() -> u32 {
+    3
+}
+fn default_up_after() -> u32 {
+    2
+}
+fn default_ok_codes() -> Vec<u16> {
+    vec![200]
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            enabled: true,
+            interval: default_probe_interval(),
+            timeout: default_probe_timeout(),
+            down_after: default_down_after(),
+            up_after: default_up_after(),
+            ok_codes: default_ok_codes(),
+        }
+    }
+}
+
+/// `[dialogs]`: the dialog table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogConfig {
+    /// Most dialogs held at once; past it new INVITEs are answered 503 with Retry-After.
+    #[serde(default = "default_max_dialogs")]
+    pub max: usize,
+    /// A call older than this is dropped from the table (its BYE never came).
+    #[serde(default = "default_max_call_duration")]
+    pub max_call_duration: ConfigDuration,
+    /// A dialog without any request for this long is dropped (in-dialog requests still route by token).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+}
+
+fn default_max_dialogs() -> usize {
+    100_000
+}
+fn default_max_call_duration() -> ConfigDuration {
+    ConfigDuration::secs(4 * 3600)
+}
+fn default_idle_timeout() -> ConfigDuration {
+    ConfigDuration::secs(2 * 3600)
+}
+
+impl Default for DialogConfig {
+    fn default() -> Self {
+        DialogConfig {
+            max: default_max_dialogs(),
+            max_call_duration: default_max_call_duration(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// `[registrations]`: the flows of registered phones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Most registration flows held at once; past it new REGISTERs are answered 503 with Retry-After.
+    #[serde(default = "default_max_flows")]
+    pub max_flows: usize,
+}
+
+fn default_max_flows() -> usize {
+    100_000
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig { max_flows: default_max_flows() }
+    }
+}
+
 /// `[[backend]]`: one PBX.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,6 +389,17 @@ impl BackendConfig {
         }
         Ok(BackendTarget { addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)), transport })
     }
+}
+
+/// Read a secret file: at least 16 bytes once surrounding whitespace is trimmed.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes =
+        std::fs::read(path).map_err(|e| invalid("sip.secret_file", format!("cannot read {}: {e}", path.display())))?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < 16 {
+        return Err(invalid("sip.secret_file", format!("{} holds fewer than 16 bytes", path.display())));
+    }
+    Ok(trimmed.to_vec())
 }
 
 impl Config {
@@ -331,6 +462,40 @@ impl Config {
         }
         if t.timer_c.get() < Duration::from_secs(1) {
             return Err(invalid("timers.timer_c", "must be at least 1s (RFC 3261: more than 3 minutes)"));
+        }
+        if let Some(path) = &self.sip.secret_file {
+            read_secret(path)?;
+        }
+        let h = &self.health;
+        if h.interval.get() < Duration::from_millis(20) {
+            return Err(invalid("health.interval", "must be at least 20ms"));
+        }
+        if h.timeout.get() < Duration::from_millis(10) {
+            return Err(invalid("health.timeout", "must be at least 10ms"));
+        }
+        if h.down_after == 0 {
+            return Err(invalid("health.down_after", "must be at least 1"));
+        }
+        if h.up_after == 0 {
+            return Err(invalid("health.up_after", "must be at least 1"));
+        }
+        if h.ok_codes.is_empty() {
+            return Err(invalid("health.ok_codes", "list at least one status code, like [200]"));
+        }
+        if let Some(c) = h.ok_codes.iter().find(|c| !(100..=699).contains(*c)) {
+            return Err(invalid("health.ok_codes", format!("{c} is not a SIP status code")));
+        }
+        if self.dialogs.max == 0 {
+            return Err(invalid("dialogs.max", "must be at least 1"));
+        }
+        if self.dialogs.max_call_duration.get() < Duration::from_secs(60) {
+            return Err(invalid("dialogs.max_call_duration", "must be at least 60s"));
+        }
+        if self.dialogs.idle_timeout.get() < Duration::from_secs(60) {
+            return Err(invalid("dialogs.idle_timeout", "must be at least 60s"));
+        }
+        if self.registrations.max_flows == 0 {
+            return Err(invalid("registrations.max_flows", "must be at least 1"));
         }
         if self.backends.is_empty() {
             return Err(invalid("backend", "at least one [[backend]] is needed"));

@@ -1,6 +1,13 @@
-//! The dialog table: every INVITE dialog the proxy has seen form, keyed by [`DialogId`], with its state and the
-//! backend it lives on. The proxy writes it from transaction outcomes (1xx/2xx with a To tag, BYE answered, INVITE
-//! failed); nothing here sends a message. Replication and re-homing build on this table.
+//! The dialog table: every INVITE dialog the proxy has seen form, keyed by [`DialogId`], with its state, its
+//! *current* home backend, the client's flow, the route set, both CSeqs and its times. The proxy writes it from
+//! transaction outcomes (1xx/2xx with a To tag, BYE answered, INVITE failed) and reads it to route in-dialog
+//! requests; health events re-home the dialogs of a failed backend. Nothing here sends a message.
+//!
+//! Memory matters (100k+ calls): times are seconds since the table was made (u32), the backend an index (u16),
+//! and the route set one shared buffer.
+
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,6 +17,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::metrics as m;
+use crate::transport::Target;
 
 /// Call-ID plus both tags. The tags are stored in sorted order so a request from either side of the call finds
 /// the same entry (the PBX's BYE has From and To swapped).
@@ -40,30 +48,73 @@ pub enum DialogState {
     Early,
     /// The INVITE was answered 2xx.
     Confirmed,
+    /// A BYE is on its way; the entry goes when it is answered (or the reaper takes it).
+    Terminated,
 }
+
+/// No backend (a call between two phones, or the PBX side unknown).
+pub const NO_BACKEND: u16 = u16::MAX;
 
 /// One dialog.
 #[derive(Debug, Clone)]
 pub struct Dialog {
     pub state: DialogState,
-    /// Index into the routing table's backends, when the dialog goes to one.
-    pub backend: Option<usize>,
-    pub created: Instant,
-    pub confirmed: Option<Instant>,
+    /// The backend in-dialog requests go to now (index into the routing table), or [`NO_BACKEND`].
+    pub home: u16,
+    /// The phone's side: where its requests came from (or where the PBX's INVITE went).
+    pub client: Option<Target>,
+    /// The Record-Route values of the dialog-forming 2xx, as one buffer.
+    pub route_set: Option<Bytes>,
+    /// Highest CSeq seen from the caller and from the callee.
+    pub caller_cseq: u32,
+    pub callee_cseq: u32,
+    /// Seconds since the table's epoch.
+    pub created: u32,
+    pub confirmed: u32,
+    pub last_activity: u32,
 }
 
-/// The table. A DashMap because every transaction task writes to it concurrently; entries are small and no
-/// lock is held across an await.
-#[derive(Debug, Default)]
+impl Dialog {
+    pub fn home(&self) -> Option<usize> {
+        (self.home != NO_BACKEND).then_some(usize::from(self.home))
+    }
+}
+
+/// What the INVITE transaction knows when a dialog forms.
+#[derive(Debug, Clone, Default)]
+pub struct NewDialog {
+    pub home: Option<usize>,
+    pub client: Option<Target>,
+    pub caller_cseq: u32,
+}
+
+/// The table. A DashMap because every transaction task and reading task uses it concurrently; entries are small
+/// and no lock is held across an await.
+#[derive(Debug)]
 pub struct DialogTable {
     map: DashMap<DialogId, Dialog>,
-    /// Cheap count for the gauge; DashMap::len walks every shard.
+    /// Cheap count for the cap and the gauge; DashMap::len walks every shard.
     count: AtomicUsize,
+    epoch: Instant,
+}
+
+impl Default for DialogTable {
+    fn default() -> Self {
+        DialogTable::new()
+    }
+}
+
+fn backend_u16(b: Option<usize>) -> u16 {
+    b.and_then(|b| u16::try_from(b).ok()).filter(|b| *b != NO_BACKEND).unwrap_or(NO_BACKEND)
 }
 
 impl DialogTable {
     pub fn new() -> DialogTable {
-        DialogTable::default()
+        DialogTable { map: DashMap::new(), count: AtomicUsize::new(0), epoch: Instant::now() }
+    }
+
+    fn now(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     pub fn len(&self) -> usize {
@@ -78,7 +129,7 @@ impl DialogTable {
         self.map.get(id).map(|d| d.clone())
     }
 
-    fn insert_if_new(&self, id: DialogId, d: Dialog) -> bool {
+    fn insert_if_new(&self, id: DialogId, d: Dialog) {
         let mut added = false;
         self.map.entry(id).or_insert_with(|| {
             added = true;
@@ -88,23 +139,87 @@ impl DialogTable {
             self.count.fetch_add(1, Ordering::Relaxed);
             metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);
         }
-        added
+    }
+
+    fn fresh(&self, state: DialogState, n: &NewDialog) -> Dialog {
+        let now = self.now();
+        Dialog {
+            state,
+            home: backend_u16(n.home),
+            client: n.client,
+            route_set: None,
+            caller_cseq: n.caller_cseq,
+            callee_cseq: 0,
+            created: now,
+            confirmed: if state == DialogState::Confirmed { now } else { 0 },
+            last_activity: now,
+        }
     }
 
     /// A provisional response with a To tag: an early dialog.
-    pub fn early(&self, id: DialogId, backend: Option<usize>) {
-        self.insert_if_new(id, Dialog { state: DialogState::Early, backend, created: Instant::now(), confirmed: None });
+    pub fn early(&self, id: DialogId, n: &NewDialog) {
+        let d = self.fresh(DialogState::Early, n);
+        self.insert_if_new(id, d);
     }
 
-    /// A 2xx to the INVITE: the dialog is confirmed.
-    pub fn confirm(&self, id: DialogId, backend: Option<usize>) {
-        let now = Instant::now();
+    /// A 2xx to the INVITE: the dialog is confirmed (a re-INVITE's 2xx just refreshes it).
+    pub fn confirm(&self, id: DialogId, n: &NewDialog, route_set: Option<Bytes>) {
+        let now = self.now();
         if let Some(mut d) = self.map.get_mut(&id) {
-            d.state = DialogState::Confirmed;
-            d.confirmed.get_or_insert(now);
+            if d.state == DialogState::Early {
+                d.state = DialogState::Confirmed;
+                d.confirmed = now;
+                d.route_set = route_set;
+            }
+            d.last_activity = now;
             return;
         }
-        self.insert_if_new(id, Dialog { state: DialogState::Confirmed, backend, created: now, confirmed: Some(now) });
+        let mut d = self.fresh(DialogState::Confirmed, n);
+        d.route_set = route_set;
+        self.insert_if_new(id, d);
+    }
+
+    /// An in-dialog request passed: note the time and its CSeq; a BYE marks the dialog terminated. Returns the
+    /// dialog as it is now.
+    pub fn touch(&self, id: &DialogId, from_caller: bool, cseq: u32, bye: bool) -> Option<Dialog> {
+        let now = self.now();
+        let mut d = self.map.get_mut(id)?;
+        d.last_activity = now;
+        if from_caller {
+            d.caller_cseq = d.caller_cseq.max(cseq);
+        } else {
+            d.callee_cseq = d.callee_cseq.max(cseq);
+        }
+        if bye {
+            d.state = DialogState::Terminated;
+        }
+        Some(d.clone())
+    }
+
+    /// Move one dialog to another backend (its home was found down on the request path).
+    pub fn set_home(&self, id: &DialogId, backend: usize) {
+        if let Some(mut d) = self.map.get_mut(id) {
+            d.home = backend_u16(Some(backend));
+        }
+    }
+
+    /// Move every dialog homed on `from` to `to`; returns how many moved.
+    pub fn rehome(&self, from: usize, to: usize) -> usize {
+        let (from, to) = (backend_u16(Some(from)), backend_u16(Some(to)));
+        let mut moved = 0;
+        for mut d in self.map.iter_mut() {
+            if d.home == from {
+                d.home = to;
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// How many dialogs live on a backend.
+    pub fn count_on(&self, backend: usize) -> usize {
+        let b = backend_u16(Some(backend));
+        self.map.iter().filter(|d| d.home == b).count()
     }
 
     /// BYE answered, INVITE failed, or 481: the dialog is gone.
@@ -117,59 +232,33 @@ impl DialogTable {
         d
     }
 
-    /// Remove early dialogs of a Call-ID that never got confirmed (the INVITE failed).
-    pub fn remove_early(&self, call_id: &[u8]) {
+    fn retain(&self, mut keep: impl FnMut(&DialogId, &Dialog) -> bool) -> usize {
         let mut gone = 0;
         self.map.retain(|k, d| {
-            let keep = !(d.state == DialogState::Early && k.call_id() == call_id);
-            gone += usize::from(!keep);
-            keep
-        });
-        self.count.fetch_sub(gone, Ordering::Relaxed);
-        metrics::gauge!(m::DIALOGS_ACTIVE).decrement(gone as f64);
-    }
-
-    /// Drop dialogs older than `max_age` (calls whose BYE we never saw); returns how many.
-    pub fn reap(&self, max_age: Duration) -> usize {
-        let now = Instant::now();
-        let mut gone = 0;
-        self.map.retain(|_, d| {
-            let keep = now.duration_since(d.created) < max_age;
-            gone += usize::from(!keep);
-            keep
+            let k = keep(k, d);
+            gone += usize::from(!k);
+            k
         });
         self.count.fetch_sub(gone, Ordering::Relaxed);
         metrics::gauge!(m::DIALOGS_ACTIVE).decrement(gone as f64);
         gone
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn either_side_finds_the_dialog() {
-        let t = DialogTable::new();
-        t.early(DialogId::new(b"c1", b"caller", b"callee"), Some(0));
-        t.confirm(DialogId::new(b"c1", b"callee", b"caller"), Some(0));
-        assert_eq!(t.len(), 1);
-        assert_eq!(t.get(&DialogId::new(b"c1", b"caller", b"callee")).unwrap().state, DialogState::Confirmed);
-        assert!(t.remove(&DialogId::new(b"c1", b"callee", b"caller")).is_some());
-        assert!(t.is_empty());
+    /// Remove early dialogs of a Call-ID that never got confirmed (the INVITE failed).
+    pub fn remove_early(&self, call_id: &[u8]) -> usize {
+        self.retain(|k, d| !(d.state == DialogState::Early && k.call_id() == call_id))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn reaper_and_failed_invite() {
-        let t = DialogTable::new();
-        t.early(DialogId::new(b"c1", b"a", b"b"), None);
-        t.early(DialogId::new(b"c1", b"a", b"c"), None);
-        t.confirm(DialogId::new(b"c2", b"a", b"b"), None);
-        t.remove_early(b"c1");
-        assert_eq!(t.len(), 1);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(t.reap(Duration::from_secs(11)), 0);
-        assert_eq!(t.reap(Duration::from_secs(10)), 1);
-        assert!(t.is_empty());
+    /// The reaper: calls older than `max_age`, dialogs silent for `idle`, and terminated ones whose BYE was never
+    /// answered (after `linger`). Returns how many went.
+    pub fn reap(&self, max_age: Duration, idle: Duration, linger: Duration) -> usize {
+        let now = self.now();
+        let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let (max_age, idle, linger) = (secs(max_age), secs(idle), secs(linger));
+        self.retain(|_, d| {
+            let age = now.saturating_sub(d.created);
+            let quiet = now.saturating_sub(d.last_activity);
+            age < max_age && quiet < idle && !(d.state == DialogState::Terminated && quiet >= linger)
+        })
     }
 }

@@ -27,8 +27,8 @@ impl Proxy {
         s
     }
 
-    fn record_route_value(&self, t: Transport, flow: Option<u64>) -> String {
-        let mut s = String::with_capacity(64);
+    fn record_route_value(&self, t: Transport, flow: Option<u64>, token: &str) -> String {
+        let mut s = String::with_capacity(96);
         let _ = write!(s, "<sip:{}:{}", self.settings.advertise_host(), self.port_for(t));
         if t != Transport::Udp {
             let _ = write!(s, ";transport={}", t.as_lower());
@@ -36,32 +36,52 @@ impl Proxy {
         if let Some(f) = flow {
             let _ = write!(s, ";ft={f}");
         }
-        s.push_str(";lr>");
+        let _ = write!(s, ";d={token};lr>");
         s
     }
 
-    /// Rewrite `req` for one attempt toward a hop on transport `out` with our `branch`.
+    /// Rewrite `req` for one attempt toward a hop on transport `out` (a backend's, when `backend` is set) with
+    /// our `branch`.
     pub(crate) fn build_forward(
         &self,
         req: &Message,
         src: Source,
         plan: &Plan,
         out: Transport,
+        backend: Option<usize>,
         branch: &[u8],
     ) -> Bytes {
         let via = self.via_value(out, branch);
         let rr: Vec<String> = if plan.record_route {
+            // The token names this dialog (Call-ID and the caller's tag) and the backend it goes to.
+            let home = backend.or(plan.from_backend).and_then(|b| u8::try_from(b).ok()).unwrap_or(u8::MAX);
+            let token = self.settings.token_key.dialog_token(req.call_id(), req.from_tag().unwrap_or_default(), home);
             // The client-facing entry names the client's connection so requests from the PBX find it again.
-            let inbound = self.record_route_value(src.transport, src.conn);
+            let inbound = self.record_route_value(src.transport, src.conn, &token);
             if src.transport == out && src.conn.is_none() {
                 vec![inbound]
             } else {
                 // Transport changes (or a flow token): the top entry faces the next hop, the lower one the client.
-                vec![self.record_route_value(out, None), inbound]
+                vec![self.record_route_value(out, None, &token), inbound]
             }
         } else {
             Vec::new()
         };
+        let path = plan.path_token.as_ref().map(|token| {
+            let mut s = String::with_capacity(160);
+            let _ = write!(
+                s,
+                "<sip:{}@{}:{}",
+                String::from_utf8_lossy(token),
+                self.settings.advertise_host(),
+                self.port_for(out)
+            );
+            if out != Transport::Udp {
+                let _ = write!(s, ";transport={}", out.as_lower());
+            }
+            s.push_str(";lr;ob>");
+            s
+        });
         let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
         req.forward(&ForwardEdit {
             via: via.as_bytes(),
@@ -71,6 +91,7 @@ impl Proxy {
             source: Some(src.remote),
             max_forwards: plan.max_forwards,
             method: None,
+            path: path.as_deref().map(str::as_bytes),
         })
     }
 
@@ -94,7 +115,7 @@ impl Proxy {
             return;
         };
         let branch = self.new_branch(plan.loop_hash);
-        let bytes = self.build_forward(&req, src, &plan, hop.transport(), &branch);
+        let bytes = self.build_forward(&req, src, &plan, hop.transport(), hop.backend, &branch);
         match hop.addr {
             HopAddr::Resolved(t) => self.transports.send(t, bytes),
             HopAddr::Name { host, port, transport } => {

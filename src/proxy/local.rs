@@ -14,6 +14,8 @@ use crate::transport::{Source, Verdict};
 
 /// Option tags we support (none that a proxy has to understand yet).
 const SUPPORTED: &[u8] = b"path, outbound";
+/// Seconds a client told 503 should wait.
+const RETRY_AFTER: &[u8] = b"5";
 
 impl Proxy {
     /// A response we owe this new request ourselves, or `None` to route it.
@@ -45,6 +47,10 @@ impl Proxy {
         if code == 420 {
             unsupported = req.header_values(HeaderName::ProxyRequire).collect::<Vec<_>>().join(&b", "[..]);
             b = b.header("Unsupported", &unsupported);
+        }
+        if code == 503 {
+            // Over capacity: tell the client when to come back instead of letting it hammer us (RFC 3261 §21.5.4).
+            b = b.header("Retry-After", RETRY_AFTER);
         }
         if code == 200 && req.method() == Some(Method::Options) {
             b = b

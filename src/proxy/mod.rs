@@ -21,11 +21,14 @@ pub use forward::resolve;
 pub use plan::{Hop, HopAddr, Plan};
 pub use stats::{Stats, StatsSnapshot};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, DialogConfig, HealthConfig};
 use crate::dialog::DialogTable;
+use crate::health::Health;
 use crate::metrics as m;
+use crate::registration::FlowTable;
 use crate::routing::Routing;
 use crate::sip::{Message, Method};
+use crate::token::TokenKey;
 use crate::transaction::{self, ServerKey, Timers, TransactionTable, TxEvent};
 use crate::transport::{Inbound, Source, Transport, Transports, Verdict};
 
@@ -37,6 +40,11 @@ pub struct Settings {
     pub advertise: String,
     pub max_forwards: u32,
     pub timers: Timers,
+    pub health: HealthConfig,
+    pub dialogs: DialogConfig,
+    pub max_flows: usize,
+    /// Authenticates our Record-Route and Path tokens.
+    pub token_key: TokenKey,
 }
 
 impl Settings {
@@ -49,12 +57,35 @@ impl Settings {
         }
     }
 
-    pub fn from_config(cfg: &Config) -> Settings {
-        Settings {
+    /// Settings from a validated config; reads the token secret file when one is named.
+    pub fn from_config(cfg: &Config) -> Result<Settings, ConfigError> {
+        let token_key = match &cfg.sip.secret_file {
+            Some(path) => TokenKey::from_secret(&crate::config::read_secret(path)?),
+            None => TokenKey::random(),
+        };
+        Ok(Settings {
             node_id: cfg.node.id,
             advertise: cfg.sip.advertise.clone(),
             max_forwards: cfg.sip.max_forwards,
             timers: Timers::from_config(&cfg.timers),
+            health: cfg.health.clone(),
+            dialogs: cfg.dialogs.clone(),
+            max_flows: cfg.registrations.max_flows,
+            token_key,
+        })
+    }
+
+    /// Defaults for tests: RFC timers, probes on, a random token key.
+    pub fn for_tests(advertise: &str) -> Settings {
+        Settings {
+            node_id: 1,
+            advertise: advertise.into(),
+            max_forwards: 70,
+            timers: Timers::default(),
+            health: HealthConfig::default(),
+            dialogs: DialogConfig::default(),
+            max_flows: 100_000,
+            token_key: TokenKey::random(),
         }
     }
 }
@@ -65,6 +96,8 @@ pub struct Proxy {
     pub transports: Transports,
     pub routing: Routing,
     pub dialogs: DialogTable,
+    pub flows: FlowTable,
+    pub health: Health,
     pub txs: TransactionTable,
     pub stats: Stats,
     /// Port of each transport's listener, for our Via and Record-Route.
@@ -89,7 +122,10 @@ impl Proxy {
             );
             h.finish()
         };
+        let names: Vec<String> = routing.backends().iter().map(|b| b.name.clone()).collect();
         Arc::new(Proxy {
+            health: Health::new(&names, settings.health.clone()),
+            flows: FlowTable::new(settings.max_flows),
             settings,
             own_addrs: transports.local_addrs(),
             transports,
@@ -210,9 +246,14 @@ impl Proxy {
             tracing::debug!(from = %src.remote, "response whose top Via is not ours, dropped");
             return;
         }
-        if let Some(tx) = via.branch().and_then(|b| self.txs.client(b)) {
-            let _ = tx.send(TxEvent::Response(Box::new(resp)));
-            return;
+        if let Some(branch) = via.branch() {
+            if let Some(tx) = self.txs.client(branch) {
+                let _ = tx.send(TxEvent::Response(Box::new(resp)));
+                return;
+            }
+            if self.health.pending.complete(branch, resp.status().unwrap_or(0)) {
+                return;
+            }
         }
         // No transaction (e.g. a 2xx retransmission after it ended): relay by the next Via.
         self.relay_response_stateless(&resp);

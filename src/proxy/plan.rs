@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::Proxy;
+use bytes::Bytes;
+
+use crate::dialog::DialogId;
 use crate::sip::{find_param, parse_name_addr, HeaderName, Message, Method, SipUri, Via};
 use crate::transport::{ConnId, Source, Target, Transport};
 
@@ -38,7 +41,7 @@ impl Hop {
 /// The routing decision for one request.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Attempts in order; more than one only for initial requests to backends (serial failover).
+    /// Attempts in order; more than one when a backend-bound request may fail over to the next backend.
     pub hops: Vec<Hop>,
     /// Our own Route values to remove from the top.
     pub pop_routes: usize,
@@ -48,6 +51,10 @@ pub struct Plan {
     pub max_forwards: u32,
     /// Loop-detection hash, the first part of every branch we give this request.
     pub loop_hash: u32,
+    /// The backend this request came from, when it came from one.
+    pub from_backend: Option<usize>,
+    /// A REGISTER: the flow token our Path carries (the flow is the request's source).
+    pub path_token: Option<Bytes>,
 }
 
 /// What our popped Route entries told us.
@@ -56,8 +63,12 @@ struct Popped {
     count: usize,
     /// `transport` of the last popped entry (the side the request leaves on).
     transport: Option<Transport>,
-    /// Flow token of a connection-oriented client flow (`;ft=` in our client-facing Record-Route).
-    flow: Option<ConnId>,
+    /// Connection of a connection-oriented client flow (`;ft=` in our client-facing Record-Route).
+    conn: Option<ConnId>,
+    /// The backend named by our dialog token (`;d=`), checked against this request's dialog.
+    dialog_backend: Option<usize>,
+    /// A phone's registered flow, from the token in the user part of our Path.
+    flow: Option<(Bytes, Target)>,
 }
 
 fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
@@ -67,6 +78,9 @@ fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
         _ => None,
     }
 }
+
+/// A Route of ours carried a token that fails its check.
+const FORGED: (u16, &str) = (403, "Forbidden (bad route token)");
 
 impl Proxy {
     /// Whether a host and port are this node's (the advertised host or a listener address).
@@ -86,22 +100,29 @@ impl Proxy {
         self.is_own(via.sent_by.host, via.sent_by.port)
     }
 
-    fn pop_own_routes(&self, req: &Message) -> Popped {
+    fn pop_own_routes(&self, req: &Message) -> Result<Popped, (u16, &'static str)> {
         let mut p = Popped::default();
+        let key = &self.settings.token_key;
         for v in req.header_values(HeaderName::Route) {
-            let Some(uri) = parse_name_addr(v).and_then(|na| SipUri::parse(na.uri)) else {
-                break;
-            };
+            let Some(uri) = parse_name_addr(v).and_then(|na| SipUri::parse(na.uri)) else { break };
             if !self.is_own(uri.host_port.host, uri.host_port.port) {
                 break;
             }
             p.count += 1;
             p.transport = transport_param(&uri).or(Some(Transport::Udp));
             if let Some(ft) = find_param(uri.params, "ft").and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()) {
-                p.flow = Some(ft);
+                p.conn = Some(ft);
+            }
+            if let Some(d) = find_param(uri.params, "d") {
+                let b = key.check_dialog_token(d, req.call_id(), [req.from_tag(), req.to_tag()]).ok_or(FORGED)?;
+                p.dialog_backend = (usize::from(b) < self.routing.backends().len()).then_some(usize::from(b));
+            }
+            if let Some(user) = uri.user.filter(|u| !u.is_empty()) {
+                let flow = key.check_flow_token(user).ok_or(FORGED)?;
+                p.flow = Some((Bytes::copy_from_slice(user), flow));
             }
         }
-        p
+        Ok(p)
     }
 
     /// Loop hash over what stays the same when a request comes back to us unchanged.
@@ -128,16 +149,12 @@ impl Proxy {
             .any(|v| self.is_own_via(&v) && v.branch().is_some_and(|b| b.starts_with(&prefix)))
     }
 
-    /// Whether a request comes from one of the backends (its source, or its top Via's sent-by).
-    pub(crate) fn came_from_backend(&self, req: &Message, src: Source) -> bool {
-        if self.routing.is_backend_source(src.remote) {
-            return true;
-        }
-        req.top_via().is_some_and(|v| {
-            v.sent_by.ip().is_some_and(|ip| {
-                let sa = SocketAddr::new(ip, v.sent_by.port.unwrap_or(5060));
-                self.routing.backend_at(sa).is_some()
-            })
+    /// The backend a request comes from: its source address, or its top Via's sent-by (a PBX's own connection).
+    pub(crate) fn backend_of(&self, req: &Message, src: Source) -> Option<usize> {
+        self.routing.backend_at(src.remote).or_else(|| {
+            let v = req.top_via()?;
+            let ip = v.sent_by.ip()?;
+            self.routing.backend_at(SocketAddr::new(ip, v.sent_by.port.unwrap_or(5060)))
         })
     }
 
@@ -162,18 +179,61 @@ impl Proxy {
         }
     }
 
+    fn backend_hop(&self, i: usize) -> Hop {
+        Hop { addr: HopAddr::Resolved(self.routing.backends()[i].target()), backend: Some(i) }
+    }
+
+    /// Backends in the policy's order, those up first; the down ones only if none is up.
+    pub(crate) fn backend_order(&self) -> Vec<usize> {
+        let order = self.routing.plan();
+        let up: Vec<usize> = order.iter().copied().filter(|&i| self.health.is_up(i)).collect();
+        if up.is_empty() {
+            order
+        } else {
+            up
+        }
+    }
+
     fn backend_hops(&self) -> Vec<Hop> {
-        let backends = self.routing.backends();
-        self.routing
-            .plan()
-            .into_iter()
-            .map(|i| Hop { addr: HopAddr::Resolved(backends[i].target()), backend: Some(i) })
-            .collect()
+        self.backend_order().into_iter().map(|i| self.backend_hop(i)).collect()
+    }
+
+    /// Hops for a request of an established dialog homed on `home`: the home while it is up (moving the dialog
+    /// to the policy's survivor when it is not), then the other live backends as fallbacks.
+    fn dialog_hops(&self, home: usize, id: Option<&DialogId>) -> Vec<Hop> {
+        let order = self.backend_order();
+        let home = if self.health.is_up(home) {
+            home
+        } else {
+            let survivor = order.first().copied().unwrap_or(home);
+            if let (Some(id), true) = (id, survivor != home) {
+                self.dialogs.set_home(id, survivor);
+            }
+            survivor
+        };
+        std::iter::once(home).chain(order.into_iter().filter(|&i| i != home)).map(|i| self.backend_hop(i)).collect()
+    }
+
+    /// A request toward a phone: its recorded flow while it lives, else the Request-URI.
+    fn phone_hop(&self, req: &Message, popped: &Popped, client: Option<Target>) -> Result<Hop, (u16, &'static str)> {
+        if let Some(c) = client.filter(|c| c.conn.is_none_or(|id| self.transports.conn_alive(id))) {
+            return Ok(Hop { addr: HopAddr::Resolved(c), backend: None });
+        }
+        let mut hop = self.hop_for_uri(req.request_uri(), popped.transport)?;
+        if let (Some(conn), HopAddr::Resolved(t)) = (popped.conn, &mut hop.addr) {
+            if self.transports.conn_alive(conn) {
+                t.conn = Some(conn);
+                t.transport = Transport::Tcp;
+            }
+        }
+        Ok(hop)
     }
 
     /// Decide where a request goes, or the error to answer it with.
     pub fn plan(self: &Arc<Self>, req: &Message, src: Source) -> Result<Plan, (u16, &'static str)> {
-        let popped = self.pop_own_routes(req);
+        let popped = self.pop_own_routes(req).inspect_err(|_| {
+            self.stats.forged_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })?;
         let loop_hash = Self::loop_hash(req);
         if self.is_loop(req, loop_hash) {
             return Err((482, "Loop Detected"));
@@ -183,44 +243,84 @@ impl Proxy {
             None => self.settings.max_forwards,
         };
         let method = req.method().unwrap_or(Method::Other);
-        let initial = req.to_tag().is_none();
+        let from_backend = self.backend_of(req, src);
+        let dialog_id = match (req.from_tag(), req.to_tag()) {
+            (Some(f), Some(t)) => Some(DialogId::new(req.call_id(), f, t)),
+            _ => None,
+        };
         let next_route = req.header_values(HeaderName::Route).nth(popped.count);
         let hops = if let Some(route) = next_route {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
             let uri = parse_name_addr(route).ok_or((400, "Bad Request: malformed Route"))?.uri;
             vec![self.hop_for_uri(uri, None)?]
-        } else if popped.count > 0 || !initial || self.came_from_backend(req, src) {
-            let ruri = req.request_uri();
-            let ruri_ours = SipUri::parse(ruri).is_some_and(|u| self.is_own(u.host_port.host, u.host_port.port));
-            if ruri_ours && self.came_from_backend(req, src) {
-                return Err((404, "Not Found"));
+        } else if let Some((token, flow)) = &popped.flow {
+            // The PBX reaches a registered phone through our Path: deliver to the phone's own flow.
+            let alive = match flow.conn {
+                Some(id) => self.transports.conn_alive(id),
+                None => self.flows.get(token).is_some(),
+            };
+            if !alive {
+                return Err((430, "Flow Failed"));
             }
-            if ruri_ours {
-                // A client that does not keep the route set, or an in-dialog request to our address.
-                self.backend_hops()
+            vec![Hop { addr: HopAddr::Resolved(*flow), backend: None }]
+        } else if let Some(id) = &dialog_id {
+            let dialog = self.dialogs.touch(id, from_backend.is_none(), req.cseq(), method == Method::Bye);
+            if from_backend.is_some() {
+                vec![self.phone_hop(req, &popped, dialog.and_then(|d| d.client))?]
+            } else if let Some(home) = dialog.and_then(|d| d.home()).or(popped.dialog_backend) {
+                self.dialog_hops(home, Some(id))
             } else {
-                let mut hop = self.hop_for_uri(ruri, popped.transport)?;
-                // A request from a backend toward a client on a connection we recorded: use that connection.
-                if let (Some(flow), HopAddr::Resolved(t)) = (popped.flow, &mut hop.addr) {
-                    if self.came_from_backend(req, src) && self.transports.conn_alive(flow) {
-                        t.conn = Some(flow);
-                        t.transport = Transport::Tcp;
-                    }
-                }
-                vec![hop]
+                self.uri_or_backends(req, &popped, from_backend)?
             }
+        } else if from_backend.is_some() || popped.count > 0 {
+            self.uri_or_backends(req, &popped, from_backend)?
         } else {
             self.backend_hops()
         };
         if hops.is_empty() {
             return Err((503, "Service Unavailable"));
         }
+        let initial = dialog_id.is_none();
+        if initial && method == Method::Invite && self.dialogs.len() >= self.settings.dialogs.max {
+            self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err((503, "Service Unavailable (dialog table full)"));
+        }
+        let path_token = if method == Method::Register && from_backend.is_none() {
+            let token = Bytes::from(self.settings.token_key.flow_token(&src.into()));
+            if self.flows.refuses_new(&token) {
+                self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err((503, "Service Unavailable (registration flows full)"));
+            }
+            Some(token)
+        } else {
+            None
+        };
         Ok(Plan {
             hops,
             pop_routes: popped.count,
             record_route: initial && method.forms_dialog() && method != Method::Notify,
             max_forwards,
             loop_hash,
+            from_backend,
+            path_token,
         })
+    }
+
+    /// Route by the Request-URI (to a phone, or in-dialog without our Record-Route); a request for our own address
+    /// goes to the backends.
+    fn uri_or_backends(
+        &self,
+        req: &Message,
+        popped: &Popped,
+        from_backend: Option<usize>,
+    ) -> Result<Vec<Hop>, (u16, &'static str)> {
+        let ruri_ours =
+            SipUri::parse(req.request_uri()).is_some_and(|u| self.is_own(u.host_port.host, u.host_port.port));
+        match (ruri_ours, from_backend) {
+            (true, Some(_)) => Err((404, "Not Found")),
+            (true, None) => Ok(self.backend_hops()),
+            (false, Some(_)) => Ok(vec![self.phone_hop(req, popped, None)?]),
+            (false, None) => Ok(vec![self.hop_for_uri(req.request_uri(), popped.transport)?]),
+        }
     }
 }

@@ -17,6 +17,8 @@ pub struct Stats {
     pub acks_absorbed: AtomicU64,
     pub backend_failovers: AtomicU64,
     pub transactions: AtomicU64,
+    pub forged_tokens: AtomicU64,
+    pub over_capacity: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -34,6 +36,8 @@ pub struct StatsSnapshot {
     pub acks_absorbed: u64,
     pub backend_failovers: u64,
     pub transactions: u64,
+    pub forged_tokens: u64,
+    pub over_capacity: u64,
 }
 
 impl Stats {
@@ -52,6 +56,8 @@ impl Stats {
             acks_absorbed: g(&self.acks_absorbed),
             backend_failovers: g(&self.backend_failovers),
             transactions: g(&self.transactions),
+            forged_tokens: g(&self.forged_tokens),
+            over_capacity: g(&self.over_capacity),
         }
     }
 }

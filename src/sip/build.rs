@@ -107,6 +107,8 @@ pub struct ForwardEdit<'a> {
     pub max_forwards: u32,
     /// Replace the method (used to turn a request into its CANCEL/ACK twin): (method, CSeq rewrite).
     pub method: Option<&'a str>,
+    /// A Path value to add above any existing ones (REGISTER, RFC 3327).
+    pub path: Option<&'a [u8]>,
 }
 
 impl Message {
@@ -126,6 +128,11 @@ impl Message {
         for rr in edit.record_route {
             out.extend_from_slice(b"Record-Route: ");
             out.extend_from_slice(rr);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(path) = edit.path {
+            out.extend_from_slice(b"Path: ");
+            out.extend_from_slice(path);
             out.extend_from_slice(b"\r\n");
         }
         let mut first_via = true;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::timers::{due, earliest, sleep_opt};
 use super::{response_branch, retryable, Ctx, Linger, TxEvent};
-use crate::dialog::DialogId;
+use crate::dialog::{DialogId, NewDialog};
 use crate::metrics as m;
 use crate::proxy::Proxy;
 use crate::proxy::{Hop, HopAddr};
@@ -106,9 +106,10 @@ pub(crate) async fn run(mut ctx: Ctx) {
             continue;
         };
         let branch = ctx.new_branch();
-        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, hop.backend, &branch);
         if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
             tracing::info!(to = %target.addr, error = %e, "INVITE not sent, trying the next backend");
+            ctx.backend_failed(hop.backend, "transport error");
             note_failover(&ctx, "transport", last_hop);
             fallback = (503, "Service Unavailable");
             continue;
@@ -122,6 +123,8 @@ pub(crate) async fn run(mut ctx: Ctx) {
         let mut timer_c = Some(start + t.timer_c);
         let mut provisional = false;
         let mut cancel: Option<CancelState> = None;
+        // A backend marked down while we wait for it: move on at once instead of waiting for timer B or C.
+        let mut health = hop.backend.and_then(|b| ctx.proxy.health.watch(b));
 
         loop {
             let deadline = earliest(&[
@@ -165,7 +168,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                     if code > 100 {
                                         timer_c = Some(Instant::now() + t.timer_c);
                                         if let Some(id) = dialog_id(&resp) {
-                                            ctx.proxy.dialogs.early(id, attempts[cur].backend);
+                                            ctx.proxy.dialogs.early(id, &new_dialog(&ctx, &attempts[cur]));
                                         }
                                         last_up = resp.strip_top_via();
                                         ctx.upstream(last_up.clone());
@@ -176,7 +179,8 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                 }
                                 200..=299 => {
                                     if let Some(id) = dialog_id(&resp) {
-                                        ctx.proxy.dialogs.confirm(id, attempts[cur].backend);
+                                        let route_set = route_set(&resp);
+                                        ctx.proxy.dialogs.confirm(id, &new_dialog(&ctx, &attempts[cur]), route_set);
                                     }
                                     ctx.upstream(resp.strip_top_via());
                                     // The end-to-end ACK does not come through this transaction.
@@ -185,6 +189,9 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                     break 'hops;
                                 }
                                 _ => {
+                                    if code == 503 {
+                                        ctx.backend_failed(attempts[cur].backend, "503 on a call");
+                                    }
                                     if let Some(ack) = attempts[cur].ack_for(&resp) {
                                         ctx.proxy.transports.send(target, ack.clone());
                                         attempts[cur].ack = Some(ack);
@@ -203,6 +210,15 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             }
                         }
                     }
+                }
+                _ = super::went_down(&mut health) => {
+                    if !last_hop && !cancelled {
+                        tracing::info!(to = %target.addr, "backend went down with the INVITE pending, trying the next one");
+                        note_failover(&ctx, "backend down", last_hop);
+                        fallback = (503, "Service Unavailable");
+                        continue 'hops;
+                    }
+                    health = None;
                 }
                 _ = sleep_opt(deadline) => {
                     let now = Instant::now();
@@ -234,6 +250,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             break 'hops;
                         }
                         tracing::info!(to = %target.addr, "no answer to INVITE (timer B)");
+                        ctx.backend_failed(hop.backend, "INVITE timeout");
                         fallback = (408, "Request Timeout");
                         note_failover(&ctx, "timeout", last_hop);
                         continue 'hops;
@@ -284,6 +301,30 @@ fn start_cancel(ctx: &Ctx, a: &Attempt) -> Option<CancelState> {
         interval: t.t1,
         give_up: now + t.t1x64(),
     })
+}
+
+/// What the dialog table records when this attempt's answer forms a dialog: the backend side is the attempt's
+/// backend (or, for a call from a PBX, that PBX); the phone side is the caller's flow (or the phone we called).
+fn new_dialog(ctx: &Ctx, a: &Attempt) -> NewDialog {
+    let (home, client) = match a.backend {
+        Some(b) => (Some(b), Some(ctx.src.into())),
+        None => (ctx.plan.from_backend, Some(a.target)),
+    };
+    NewDialog { home, client, caller_cseq: ctx.req.cseq() }
+}
+
+/// The Record-Route values of a dialog-forming answer, as one buffer.
+fn route_set(resp: &Message) -> Option<Bytes> {
+    let mut it = resp.header_values(HeaderName::RecordRoute).peekable();
+    it.peek()?;
+    let mut b = bytes::BytesMut::new();
+    for (i, v) in it.enumerate() {
+        if i > 0 {
+            b.extend_from_slice(b", ");
+        }
+        b.extend_from_slice(v);
+    }
+    Some(b.freeze())
 }
 
 fn dialog_id(resp: &Message) -> Option<DialogId> {

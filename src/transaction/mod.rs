@@ -171,6 +171,13 @@ impl Ctx {
         self.proxy.transports.send(self.src.into(), data);
     }
 
+    /// A failure on real traffic toward a backend counts against its health.
+    fn backend_failed(&self, backend: Option<usize>, why: &str) {
+        if let Some(b) = backend {
+            self.proxy.health.failure(b, why);
+        }
+    }
+
     /// Our own response to the client's request.
     fn reply_local(&self, code: u16, reason: &str) -> Bytes {
         let tag = self.proxy.local_tag();
@@ -202,6 +209,21 @@ impl Ctx {
 impl Linger {
     fn upstream(&self, data: Bytes) {
         self.proxy.transports.send(self.src.into(), data);
+    }
+}
+
+/// Resolves when the watched backend *goes* down (a flip after the watch was taken; a backend already down,
+/// tried as a last resort, does not count); never without a watch.
+pub(crate) async fn went_down(w: &mut Option<tokio::sync::watch::Receiver<crate::health::BackendState>>) {
+    let Some(rx) = w.as_mut() else { return std::future::pending().await };
+    rx.borrow_and_update();
+    loop {
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if *rx.borrow_and_update() == crate::health::BackendState::Down {
+            return;
+        }
     }
 }
 

@@ -27,9 +27,10 @@ pub(crate) async fn run(mut ctx: Ctx) {
             continue;
         };
         let branch = ctx.new_branch();
-        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, &branch);
+        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, hop.backend, &branch);
         if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
             tracing::info!(to = %target.addr, error = %e, "request not sent, trying the next hop");
+            ctx.backend_failed(hop.backend, "transport error");
             failover(&ctx, "transport", last_hop);
             fallback = (503, "Service Unavailable");
             continue;
@@ -39,8 +40,17 @@ pub(crate) async fn run(mut ctx: Ctx) {
         let mut e_interval = t.t1;
         let mut timer_e = (!target.transport.is_reliable()).then(|| start + t.t1);
         let timer_f = start + t.t1x64();
+        let mut health = hop.backend.and_then(|b| ctx.proxy.health.watch(b));
         loop {
             tokio::select! {
+                _ = super::went_down(&mut health) => {
+                    if !last_hop {
+                        failover(&ctx, "backend down", last_hop);
+                        fallback = (503, "Service Unavailable");
+                        continue 'hops;
+                    }
+                    health = None;
+                }
                 ev = ctx.rx.recv() => match ev {
                     None => return,
                     Some(TxEvent::Retransmit) => {
@@ -67,6 +77,12 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             }
                             continue;
                         }
+                        if code == 503 {
+                            ctx.backend_failed(hop.backend, "503 on a request");
+                        }
+                        if ctx.req.method() == Some(Method::Register) && (200..300).contains(&code) {
+                            bind_registration(&ctx, &resp);
+                        }
                         if !last_hop && retryable(code) {
                             failover(&ctx, "response", last_hop);
                             best_failure = Some(resp.strip_top_via());
@@ -87,6 +103,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     let now = Instant::now();
                     if timer_f <= now {
                         tracing::info!(to = %target.addr, method = ?ctx.req.method(), "no answer (timer F)");
+                        ctx.backend_failed(hop.backend, "request timeout");
                         failover(&ctx, "timeout", last_hop);
                         fallback = (408, "Request Timeout");
                         continue 'hops;
@@ -127,6 +144,19 @@ async fn completed(mut l: Linger, fin: Bytes, end: Instant) {
             _ = tokio::time::sleep_until(end) => return,
         }
     }
+}
+
+/// The registrar accepted a REGISTER we added our Path to: remember the phone's flow until it expires.
+fn bind_registration(ctx: &Ctx, ok: &crate::sip::Message) {
+    let Some(token) = &ctx.plan.path_token else { return };
+    let ttl = crate::registration::granted_expiry(&ctx.req, ok);
+    let aor = ctx
+        .req
+        .header(crate::sip::HeaderName::To)
+        .and_then(crate::sip::parse_name_addr)
+        .map(|na| Bytes::copy_from_slice(na.uri))
+        .unwrap_or_default();
+    ctx.proxy.flows.bind(token.clone(), ctx.src.into(), aor, ttl);
 }
 
 fn failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {

@@ -43,7 +43,7 @@ fn rig(backends: &[&str]) -> Rig {
             weight: 1,
         })
         .collect();
-    let settings = Settings { node_id: 1, advertise: "127.0.0.1".into(), max_forwards: 70, timers: Default::default() };
+    let settings = Settings::for_tests("127.0.0.1");
     let proxy = Proxy::new(settings, transports, Routing::new(&cfgs, Policy::ActiveStandby));
     Rig { inbound: ProxyInbound(proxy.clone()), proxy, out, t0: Instant::now() }
 }
@@ -121,7 +121,10 @@ async fn invite_gets_trying_and_is_forwarded_with_our_via_and_record_route() {
     assert_eq!(to.addr, addr(PBX1));
     let top = fwd.top_via().unwrap();
     assert!(r.proxy.is_own_via(&top) && top.is_rfc3261());
-    assert_eq!(fwd.header(HeaderName::RecordRoute), Some(&b"<sip:127.0.0.1:5060;lr>"[..]));
+    let rr = String::from_utf8(fwd.header(HeaderName::RecordRoute).unwrap().to_vec()).unwrap();
+    let token = rr.strip_prefix("<sip:127.0.0.1:5060;d=").and_then(|t| t.strip_suffix(";lr>")).expect(&rr);
+    let key = &r.proxy.settings.token_key;
+    assert_eq!(key.check_dialog_token(token.as_bytes(), b"call-z9hG4bK-1", [Some(b"a1"), None]), Some(0));
     assert_eq!(fwd.max_forwards(), Some(69));
 }
 

@@ -1,0 +1,64 @@
+//! Dialog table rules, on paused time.
+
+use std::time::Duration;
+
+use super::*;
+use crate::transport::Transport;
+
+fn client() -> NewDialog {
+    let t = Target { transport: Transport::Udp, addr: "192.0.2.9:5060".parse().unwrap(), conn: None };
+    NewDialog { home: Some(0), client: Some(t), caller_cseq: 1 }
+}
+
+#[test]
+fn either_side_finds_the_dialog() {
+    let t = DialogTable::new();
+    t.early(DialogId::new(b"c1", b"caller", b"callee"), &client());
+    t.confirm(DialogId::new(b"c1", b"callee", b"caller"), &client(), Some(Bytes::from_static(b"<sip:x;lr>")));
+    assert_eq!(t.len(), 1);
+    let d = t.get(&DialogId::new(b"c1", b"caller", b"callee")).unwrap();
+    assert_eq!(
+        (d.state, d.home(), d.route_set.as_deref()),
+        (DialogState::Confirmed, Some(0), Some(&b"<sip:x;lr>"[..]))
+    );
+    let d = t.touch(&DialogId::new(b"c1", b"callee", b"caller"), false, 5, true).unwrap();
+    assert_eq!((d.state, d.callee_cseq, d.caller_cseq), (DialogState::Terminated, 5, 1));
+    assert!(t.remove(&DialogId::new(b"c1", b"callee", b"caller")).is_some());
+    assert!(t.is_empty());
+}
+
+#[test]
+fn rehome_moves_only_the_failed_backends_dialogs() {
+    let t = DialogTable::new();
+    for i in 0..10u8 {
+        let mut n = client();
+        n.home = Some(usize::from(i % 2));
+        t.confirm(DialogId::new(&[i], b"a", b"b"), &n, None);
+    }
+    assert_eq!(t.rehome(0, 1), 5);
+    assert_eq!(t.count_on(1), 10);
+    assert_eq!(t.count_on(0), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reaper_and_failed_invite() {
+    let t = DialogTable::new();
+    t.early(DialogId::new(b"c1", b"a", b"b"), &client());
+    t.early(DialogId::new(b"c1", b"a", b"c"), &client());
+    t.confirm(DialogId::new(b"c2", b"a", b"b"), &client(), None);
+    t.confirm(DialogId::new(b"c3", b"a", b"b"), &client(), None);
+    assert_eq!(t.remove_early(b"c1"), 2);
+    assert_eq!(t.len(), 2);
+    let (day, idle, linger) = (Duration::from_secs(86_400), Duration::from_secs(100), Duration::from_secs(32));
+    tokio::time::advance(Duration::from_secs(40)).await;
+    t.touch(&DialogId::new(b"c3", b"a", b"b"), true, 2, true); // BYE sent, never answered
+    tokio::time::advance(Duration::from_secs(40)).await;
+    assert_eq!(t.reap(day, idle, linger), 1, "the terminated dialog went after the linger");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(t.reap(day, idle, linger), 1, "the silent one went after the idle timeout");
+    assert!(t.is_empty());
+    t.confirm(DialogId::new(b"c4", b"a", b"b"), &client(), None);
+    tokio::time::advance(Duration::from_secs(90)).await;
+    t.touch(&DialogId::new(b"c4", b"a", b"b"), true, 2, false);
+    assert_eq!(t.reap(Duration::from_secs(60), idle, linger), 1, "past the maximum call duration");
+}
