@@ -214,3 +214,26 @@ async fn the_pbx_reaches_a_registered_phone_through_the_path_flow() {
     let (gone, _) = recv_udp(&pbx).await;
     assert_eq!(gone.status(), Some(430));
 }
+
+#[tokio::test]
+async fn a_route_to_the_failed_backend_is_overridden_by_the_dialogs_new_home() {
+    let (pbx1, pbx2, phone) = (udp_socket().await, udp_socket().await, udp_socket().await);
+    let backends = format!(
+        "{}{}",
+        backend("pbx1", "udp", pbx1.local_addr().unwrap(), 1),
+        backend("pbx2", "udp", pbx2.local_addr().unwrap(), 2)
+    );
+    let n = node(&backends, "").await;
+    let proxy = n.server.proxy.clone();
+    let ok = call(&n, &phone, &pbx1, PBX_CONTACT, "r1").await;
+    for _ in 0..3 {
+        proxy.health.failure(0, "injected by the test");
+    }
+    wait_until("the dialog to move to pbx2", || proxy.dialogs.count_on(1) == 1).await;
+    // The phone's route set names pbx1 after us (as if pbx1 had Record-Routed itself).
+    let bye = String::from_utf8(in_dialog("BYE", &ok, phone.local_addr().unwrap(), 2, "r1b").to_vec()).unwrap();
+    let bye = bye.replace(";lr>\r\n", &format!(";lr>, <sip:{};lr>\r\n", pbx1.local_addr().unwrap()));
+    phone.send_to(bye.as_bytes(), n.udp).await.unwrap();
+    let (got, _) = recv_udp(&pbx2).await;
+    assert_eq!(got.method_bytes(), b"BYE");
+}

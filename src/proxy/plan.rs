@@ -252,7 +252,20 @@ impl Proxy {
         let hops = if let Some(route) = next_route {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
             let uri = parse_name_addr(route).ok_or((400, "Bad Request: malformed Route"))?.uri;
-            vec![self.hop_for_uri(uri, None)?]
+            let hop = self.hop_for_uri(uri, None)?;
+            // A PBX that Record-Routes itself: when the next Route is a backend, the dialog's current home wins,
+            // so a re-homed call does not go back to the failed PBX.
+            let home = match (&dialog_id, hop.backend, from_backend) {
+                (Some(id), Some(_), None) => {
+                    let d = self.dialogs.touch(id, true, req.cseq(), method == Method::Bye);
+                    d.and_then(|d| d.home()).or(popped.dialog_backend)
+                }
+                _ => None,
+            };
+            match home {
+                Some(home) => self.dialog_hops(home, dialog_id.as_ref()),
+                None => vec![hop],
+            }
         } else if let Some((token, flow)) = &popped.flow {
             // The PBX reaches a registered phone through our Path: deliver to the phone's own flow.
             let alive = match flow.conn {
