@@ -14,6 +14,13 @@ pub const TRANSPORT_RX_BYTES: &str = "sipfront_transport_rx_bytes_total";
 pub const TRANSPORT_TX_BYTES: &str = "sipfront_transport_tx_bytes_total";
 pub const TCP_CONNECTIONS: &str = "sipfront_tcp_connections";
 pub const BUILD_INFO: &str = "sipfront_build_info";
+pub const BACKEND_UP: &str = "sipfront_backend_up";
+pub const BACKEND_STATE_CHANGES: &str = "sipfront_backend_state_changes_total";
+pub const PROBES: &str = "sipfront_probes_total";
+pub const DIALOGS_REHOMED: &str = "sipfront_dialogs_rehomed_total";
+pub const FORGED_TOKENS: &str = "sipfront_forged_tokens_total";
+pub const OVER_CAPACITY: &str = "sipfront_over_capacity_total";
+pub const FLOWS_ACTIVE: &str = "sipfront_registration_flows";
 
 /// Describe every metric (call once, after a recorder is installed).
 pub fn describe() {
@@ -31,5 +38,12 @@ pub fn describe() {
     describe_counter!(TRANSPORT_TX_BYTES, "Bytes written, by transport");
     describe_gauge!(TCP_CONNECTIONS, "Open TCP connections");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
+    describe_gauge!(BACKEND_UP, "1 when the backend is up, 0 when down, by backend");
+    describe_counter!(BACKEND_STATE_CHANGES, "Backend up/down flips, by backend and new state");
+    describe_counter!(PROBES, "OPTIONS probes sent, by backend and result (ok, fail)");
+    describe_counter!(DIALOGS_REHOMED, "Dialogs moved off a failed backend");
+    describe_counter!(FORGED_TOKENS, "Requests refused 403 for a Record-Route or Path token that failed its check");
+    describe_counter!(OVER_CAPACITY, "Requests refused 503 because the dialog or flow table is full, by table");
+    describe_gauge!(FLOWS_ACTIVE, "Registration flows in the flow table");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

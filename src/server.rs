@@ -80,6 +80,7 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             continue;
         };
         let moved = proxy.dialogs.rehome(ev.backend, survivor);
+        metrics::counter!(crate::metrics::DIALOGS_REHOMED).increment(moved as u64);
         tracing::info!(
             from = %proxy.routing.backends()[ev.backend].name,
             to = %proxy.routing.backends()[survivor].name,

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use crate::config::HealthConfig;
+use crate::metrics as m;
 
 /// Up or down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +187,11 @@ impl Health {
             }
             flipped
         };
+        let name = slot.name.clone();
         if let Some(state) = flipped {
+            metrics::counter!(m::BACKEND_STATE_CHANGES, "backend" => name.clone(), "state" => state.as_str())
+                .increment(1);
+            metrics::gauge!(m::BACKEND_UP, "backend" => name).set(if state == BackendState::Up { 1.0 } else { 0.0 });
             tracing::info!(backend = %slot.name, state = state.as_str(), reason = why.unwrap_or("probes answer"), "backend state changed");
             slot.state.send_replace(state);
             let _ = self.events.send(HealthEvent { backend, state, at: Instant::now() });

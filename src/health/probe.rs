@@ -79,6 +79,8 @@ async fn probe_once(proxy: Arc<Proxy>, index: usize, cseq: u32) {
         },
     };
     proxy.health.pending.0.remove(&branch);
+    let result = if outcome.is_ok() { "ok" } else { "fail" };
+    metrics::counter!(crate::metrics::PROBES, "backend" => backend.name.clone(), "result" => result).increment(1);
     match outcome {
         Ok(_) => proxy.health.probe_ok(index, sent.elapsed()),
         Err(why) => proxy.health.failure(index, &why),

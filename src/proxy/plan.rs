@@ -233,6 +233,7 @@ impl Proxy {
     pub fn plan(self: &Arc<Self>, req: &Message, src: Source) -> Result<Plan, (u16, &'static str)> {
         let popped = self.pop_own_routes(req).inspect_err(|_| {
             self.stats.forged_tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::FORGED_TOKENS).increment(1);
         })?;
         let loop_hash = Self::loop_hash(req);
         if self.is_loop(req, loop_hash) {
@@ -296,12 +297,14 @@ impl Proxy {
         let initial = dialog_id.is_none();
         if initial && method == Method::Invite && self.dialogs.len() >= self.settings.dialogs.max {
             self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::OVER_CAPACITY, "table" => "dialogs").increment(1);
             return Err((503, "Service Unavailable (dialog table full)"));
         }
         let path_token = if method == Method::Register && from_backend.is_none() {
             let token = Bytes::from(self.settings.token_key.flow_token(&src.into()));
             if self.flows.refuses_new(&token) {
                 self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!(crate::metrics::OVER_CAPACITY, "table" => "flows").increment(1);
                 return Err((503, "Service Unavailable (registration flows full)"));
             }
             Some(token)

@@ -59,12 +59,14 @@ impl FlowTable {
         let b = Binding { flow, aor, expires: Instant::now() + ttl };
         if self.map.insert(token, b).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
+            metrics::gauge!(crate::metrics::FLOWS_ACTIVE).increment(1.0);
         }
     }
 
     pub fn unbind(&self, token: &[u8]) {
         if self.map.remove(token).is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(crate::metrics::FLOWS_ACTIVE).decrement(1.0);
         }
     }
 
@@ -83,6 +85,7 @@ impl FlowTable {
             keep
         });
         self.count.fetch_sub(gone, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::FLOWS_ACTIVE).decrement(gone as f64);
         gone
     }
 }
