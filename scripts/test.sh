@@ -24,5 +24,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo check (fuzz crate)"
+(cd fuzz && cargo check --locked --quiet)
 echo "== cargo test"
 cargo test --locked --all-targets
