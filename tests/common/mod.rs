@@ -107,6 +107,8 @@ pub struct FrontConfig {
     /// Extra `key = value` lines for `[sip]`.
     pub sip_extra: Vec<String>,
     pub policy: Option<String>,
+    /// Whole extra tables (`[health]`, `[dialogs]`, `[registrations]` ...), written after the backends.
+    pub sections: Vec<String>,
 }
 
 impl FrontConfig {
@@ -131,6 +133,27 @@ impl FrontConfig {
         self
     }
 
+    /// Add a backend with an explicit priority (lower is preferred).
+    pub fn backend_prio(mut self, name: &str, addr: SocketAddr, tp: Tp, priority: u32) -> FrontConfig {
+        self.backends.push(BackendSpec { name: name.into(), addr, tp, priority });
+        self
+    }
+
+    /// A whole table, e.g. `"[dialogs]\nmax = 10"`.
+    pub fn section(mut self, table: &str) -> FrontConfig {
+        self.sections.push(table.into());
+        self
+    }
+
+    /// `[health]`: OPTIONS probes every `interval`, each waiting `timeout`; down after `down_after` failures in
+    /// a row, up again after `up_after` successes (`ok_codes = [200]`).
+    pub fn health(self, interval: &str, timeout: &str, down_after: u32, up_after: u32) -> FrontConfig {
+        self.section(&format!(
+            "[health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\ndown_after = {down_after}\n\
+             up_after = {up_after}\nok_codes = [200]"
+        ))
+    }
+
     fn toml(&self, name: &str, ip: Ipv4Addr) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "[node]\nid = 1\nname = \"{name}\"\n");
@@ -143,6 +166,10 @@ impl FrontConfig {
         if let Some(t1) = &self.t1 {
             let _ = writeln!(s, "[timers]\nt1 = \"{t1}\"\n");
         }
+        if !self.sections.iter().any(|t| t.trim_start().starts_with("[health]")) {
+            // Probes off unless a test asks for them: a SIPp PBX that does not expect OPTIONS sees only the calls.
+            let _ = writeln!(s, "[health]\nenabled = false\n");
+        }
         for b in &self.backends {
             let _ = writeln!(
                 s,
@@ -152,6 +179,9 @@ impl FrontConfig {
                 b.tp.lower(),
                 b.priority
             );
+        }
+        for t in &self.sections {
+            let _ = writeln!(s, "{t}\n");
         }
         s
     }
@@ -999,4 +1029,407 @@ pub fn request(method: &str, ruri: &str, local: SocketAddr, tp: Tp, call_id: &st
         tp.upper(),
         local.ip()
     )
+}
+
+// ------------------------------------------------------------------------------------------------ faults, health
+
+impl SippSpec {
+    /// Another local port (a second caller beside the first on 127.0.0.N).
+    pub fn port(mut self, port: u16) -> SippSpec {
+        self.port = port;
+        self
+    }
+}
+
+impl Sipp {
+    pub fn label(&self) -> &str {
+        &self.spec.label
+    }
+
+    /// The message trace written so far (SIPp writes each message as it goes).
+    pub fn trace_now(&self) -> Vec<Traced> {
+        parse_sipp_trace(&String::from_utf8_lossy(&std::fs::read(&self.msg).unwrap_or_default()))
+    }
+
+    /// How many requests with this method SIPp has received so far, from its trace (counted by start line, so
+    /// cheap enough to poll).
+    pub fn received_count(&self, method: &str) -> usize {
+        let text = std::fs::read(&self.msg).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let start = format!("{method} ");
+        let mut n = 0;
+        let mut received_block = false;
+        for l in text.lines() {
+            if l.contains("message received") {
+                received_block = true;
+            } else if l.contains("message sent") {
+                received_block = false;
+            } else if received_block && l.starts_with(&start) && l.ends_with(" SIP/2.0") {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// A line of sipfront's log `... backend state changed backend=NAME state=up|down ...`.
+#[derive(Debug, Clone)]
+pub struct StateChange {
+    pub backend: String,
+    pub state: String,
+    pub line: String,
+}
+
+/// The value of ` key=` in a tracing fmt line: bare (`key=v`) or quoted (`key="v w"`).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let at = line.find(&pat)? + pat.len();
+    let rest = &line[at..];
+    if let Some(q) = rest.strip_prefix('"') {
+        Some(q[..q.find('"')?].to_string())
+    } else {
+        Some(rest.split_whitespace().next().unwrap_or("").to_string())
+    }
+}
+
+/// `s` without ANSI colour sequences.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\u{1b}' && it.peek() == Some(&'[') {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Every `backend state changed` line in a log text, in order.
+pub fn state_changes(log: &str) -> Vec<StateChange> {
+    log.lines()
+        .map(strip_ansi)
+        .filter(|l| l.contains("backend state changed"))
+        .filter_map(|l| {
+            Some(StateChange { backend: log_field(&l, "backend")?, state: log_field(&l, "state")?, line: l.clone() })
+        })
+        .collect()
+}
+
+impl Harness {
+    /// sipfront's log file (it exists once sipfront was started).
+    pub fn front_log_path(&self) -> Option<PathBuf> {
+        self.front_log.clone()
+    }
+
+    /// Every backend state change sipfront has logged so far.
+    pub fn state_changes(&self) -> Vec<StateChange> {
+        state_changes(&self.front_log_text())
+    }
+
+    /// Poll sipfront's log (every 2 ms) until it has logged `backend` going to `state` `nth` times (1 = the first
+    /// time); the instant that was first seen, or `None` at `deadline`. Also gives up when sipfront exits.
+    pub fn wait_state_change(&mut self, backend: &str, state: &str, nth: usize, deadline: Instant) -> Option<Instant> {
+        loop {
+            let n = self.state_changes().iter().filter(|c| c.backend == backend && c.state == state).count();
+            if n >= nth {
+                return Some(Instant::now());
+            }
+            if Instant::now() >= deadline || !self.sipfront_alive() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// SIGKILL one SIPp (its process group: `timeout` and SIPp), e.g. to fail a PBX; the instant it was dead.
+    pub fn kill_sipp(&mut self, s: &Sipp) -> Instant {
+        self.procs[s.idx].kill();
+        Instant::now()
+    }
+
+    /// Whether this SIPp is still running.
+    pub fn sipp_running(&mut self, s: &Sipp) -> bool {
+        self.procs[s.idx].try_wait().is_none()
+    }
+
+    /// Stop a SIPp that has no fixed call count (a PBX answering probes): SIGUSR1 makes SIPp stop taking calls
+    /// and exit once the calls in progress end; then collect it like [`Harness::wait_sipp`]. Bounded: SIGKILL
+    /// after `grace` (the run's exit code is then `None`).
+    pub fn stop_sipp(&mut self, s: Sipp, grace: Duration) -> SippRun {
+        let pid = self.procs[s.idx].child.id();
+        // `timeout` runs SIPp as its child; signal SIPp itself (`timeout` would die of SIGUSR1).
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-USR1", c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let deadline = Instant::now() + grace;
+        while self.procs[s.idx].try_wait().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.procs[s.idx].try_wait().is_none() {
+            self.procs[s.idx].kill();
+        }
+        self.wait_sipp(s)
+    }
+}
+
+/// Whether a TCP connection between `local` and `remote` is still open on `local`'s side (any state but
+/// TIME_WAIT and CLOSE), from /proc/net/tcp.
+pub fn tcp_conn_open(local: SocketAddr, remote: SocketAddr) -> bool {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => format!("{:08X}:{:04X}", u32::from_ne_bytes(a.ip().octets()), a.port()),
+        SocketAddr::V6(_) => String::new(),
+    };
+    let (l, r) = (hex(local), hex(remote));
+    std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().skip(1).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        f.len() > 3 && f[1] == l && f[2] == r && f[3] != "06" && f[3] != "07"
+    })
+}
+
+/// One message off the front of a TCP byte stream (CRLF keep-alives before it skipped), framed by
+/// Content-Length; `None` until a whole message is there.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let lead = buf.iter().take_while(|c| **c == b'\r' || **c == b'\n').count();
+    buf.drain(..lead);
+    let hend = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let len = SipMsg::parse(&buf[..hend + 4])
+        .and_then(|m| m.header("Content-Length").and_then(|v| v.trim().parse::<usize>().ok()))
+        .unwrap_or(0);
+    if buf.len() < hend + 4 + len {
+        return None;
+    }
+    Some(buf.drain(..hend + 4 + len).collect())
+}
+
+impl SipMsg {
+    /// The text of this message again (headers in order, CRLF, Content-Length kept as it was).
+    pub fn to_text(&self) -> String {
+        let mut s = format!("{}\r\n", self.start);
+        for (n, v) in &self.headers {
+            let _ = write!(s, "{n}: {v}\r\n");
+        }
+        s.push_str("\r\n");
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        s
+    }
+
+    /// A parameter of the URI inside `<...>` (or of the bare URI): `;name=value`.
+    pub fn uri_param(uri: &str, name: &str) -> Option<String> {
+        let inner = match (uri.find('<'), uri.find('>')) {
+            (Some(a), Some(b)) if b > a => &uri[a + 1..b],
+            _ => uri,
+        };
+        inner.split(';').skip(1).find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// A response to `req`: its Via lines, From, To (with `to_tag` added when it has none), Call-ID and CSeq,
+/// then `extra` header lines (each ending in CRLF) and no body.
+pub fn response_to(req: &SipMsg, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
+    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
+    for v in req.header_values("Via") {
+        let _ = write!(s, "Via: {v}\r\n");
+    }
+    let to = req.header("To").unwrap_or("");
+    let to = if to.contains(";tag=") || to_tag.is_empty() { to.to_string() } else { format!("{to};tag={to_tag}") };
+    let _ = write!(
+        s,
+        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
+        req.header("From").unwrap_or(""),
+        req.header("Call-ID").unwrap_or(""),
+        req.header("CSeq").unwrap_or("")
+    );
+    s
+}
+
+/// Write all of `data` to a non-blocking stream (the PBX thread reads the same socket), retrying for up to 2 s.
+fn write_nonblocking(s: &TcpStream, mut data: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut s = s;
+    while !data.is_empty() {
+        match s.write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("TCP send: {e}"),
+        }
+    }
+}
+
+/// Where a message to a [`RustPbx`] came from, to answer it the same way.
+pub enum ReplyPath {
+    Udp(UdpSocket, SocketAddr),
+    Tcp(TcpStream),
+}
+
+impl ReplyPath {
+    pub fn send(&self, data: &[u8]) {
+        match self {
+            ReplyPath::Udp(s, to) => {
+                s.send_to(data, to).unwrap_or_else(|e| panic!("send to {to}: {e}"));
+            }
+            ReplyPath::Tcp(s) => write_nonblocking(s, data),
+        }
+    }
+}
+
+/// An OPTIONS probe as a [`RustPbx`] saw it, and what it answered (`None`: nothing).
+#[derive(Debug, Clone)]
+pub struct ProbeSeen {
+    pub at: Instant,
+    pub msg: SipMsg,
+    pub answered: Option<u16>,
+}
+
+/// How a [`RustPbx`] answers the n-th OPTIONS probe (0-based): a status code, or `None` for silence.
+pub type ProbePolicy = Box<dyn FnMut(usize, &SipMsg) -> Option<u16> + Send>;
+
+/// A PBX written in the test: on UDP or TCP at `addr`, it answers OPTIONS by its [`ProbePolicy`] from its own
+/// thread and hands every other message to the test ([`RustPbx::recv`]), with the path to answer it on. On TCP
+/// it accepts sipfront's connections; [`RustPbx::send`] writes to the latest one (requests from the PBX reuse
+/// sipfront's connection, as PBXs do). Stopped on drop.
+pub struct RustPbx {
+    pub addr: SocketAddr,
+    pub tp: Tp,
+    probes: std::sync::Arc<std::sync::Mutex<Vec<ProbeSeen>>>,
+    rx: std::sync::mpsc::Receiver<(SipMsg, ReplyPath)>,
+    udp: Option<UdpSocket>,
+    front: SocketAddr,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RustPbx {
+    /// Start at `addr`; `front` is sipfront's address (where [`RustPbx::send`] goes on UDP).
+    pub fn start(addr: SocketAddr, tp: Tp, front: SocketAddr, mut policy: ProbePolicy) -> RustPbx {
+        use std::sync::{atomic::AtomicBool, mpsc, Arc, Mutex};
+        let probes: Arc<Mutex<Vec<ProbeSeen>>> = Arc::default();
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let (udp, listener) = match tp {
+            Tp::Udp => {
+                let s = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                s.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+                (Some(s), None)
+            }
+            Tp::Tcp => {
+                let l = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                l.set_nonblocking(true).expect("nonblocking");
+                (None, Some(l))
+            }
+        };
+        let udp_thread = udp.as_ref().map(|s| s.try_clone().expect("clone socket"));
+        let (probes2, conns2, stop2) = (probes.clone(), conns.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut handle = |msg: SipMsg, reply: ReplyPath| {
+                if msg.method() == Some("OPTIONS") {
+                    let mut p = probes2.lock().expect("lock");
+                    let answer = policy(p.len(), &msg);
+                    if let Some(code) = answer {
+                        let reason = if code == 200 { "OK" } else { "Service Unavailable" };
+                        reply.send(response_to(&msg, code, reason, "pbx-probe", "").as_bytes());
+                    }
+                    p.push(ProbeSeen { at: Instant::now(), msg, answered: answer });
+                } else {
+                    let _ = tx.send((msg, reply));
+                }
+            };
+            let mut bufs: Vec<Vec<u8>> = Vec::new();
+            let mut readers: Vec<TcpStream> = Vec::new();
+            let mut buf = vec![0u8; 70_000];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Some(s) = &udp_thread {
+                    match s.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            if let Some(m) = SipMsg::parse(&buf[..n]) {
+                                handle(m, ReplyPath::Udp(s.try_clone().expect("clone"), from));
+                            }
+                        }
+                        Err(_) => continue,
+                    }
+                } else if let Some(l) = &listener {
+                    if let Ok((c, _)) = l.accept() {
+                        c.set_nonblocking(true).expect("nonblocking");
+                        c.set_nodelay(true).expect("nodelay");
+                        conns2.lock().expect("lock").push(c.try_clone().expect("clone"));
+                        readers.push(c);
+                        bufs.push(Vec::new());
+                    }
+                    let mut idle = true;
+                    for (i, c) in readers.iter_mut().enumerate() {
+                        if let Ok(n) = c.read(&mut buf) {
+                            if n > 0 {
+                                idle = false;
+                                bufs[i].extend_from_slice(&buf[..n]);
+                            }
+                        }
+                        while let Some(frame) = take_frame(&mut bufs[i]) {
+                            if let Some(m) = SipMsg::parse(&frame) {
+                                handle(m, ReplyPath::Tcp(c.try_clone().expect("clone")));
+                            }
+                        }
+                    }
+                    if idle {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        });
+        RustPbx { addr, tp, probes, rx, udp, front, conns, stop, thread: Some(thread) }
+    }
+
+    /// A PBX that answers every probe 200.
+    pub fn healthy(addr: SocketAddr, tp: Tp, front: SocketAddr) -> RustPbx {
+        RustPbx::start(addr, tp, front, Box::new(|_, _| Some(200)))
+    }
+
+    /// The probes seen so far.
+    pub fn probes(&self) -> Vec<ProbeSeen> {
+        self.probes.lock().expect("lock").clone()
+    }
+
+    /// The next message that is not a probe, before `wait` is over.
+    pub fn recv(&self, wait: Duration) -> Option<(SipMsg, ReplyPath)> {
+        self.rx.recv_timeout(wait).ok()
+    }
+
+    /// The next message that is not a probe, or panic naming what was expected.
+    pub fn expect(&self, wait: Duration, what: &str) -> (SipMsg, ReplyPath) {
+        self.recv(wait).unwrap_or_else(|| panic!("the PBX got no {what} within {wait:?}"))
+    }
+
+    /// Send a request toward sipfront: from the PBX's own socket (UDP) or on sipfront's latest connection (TCP).
+    pub fn send(&self, data: &[u8]) {
+        match (&self.udp, self.tp) {
+            (Some(s), _) => {
+                s.send_to(data, self.front).unwrap_or_else(|e| panic!("send to {}: {e}", self.front));
+            }
+            _ => {
+                let conns = self.conns.lock().expect("lock");
+                write_nonblocking(conns.last().expect("sipfront never connected to the PBX"), data);
+            }
+        }
+    }
+}
+
+impl Drop for RustPbx {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
