@@ -7,7 +7,7 @@
 //!
 //! The phone and the registrar are raw sockets ([`RustPbx`] answers sipfront's probes on its own): they read every
 //! byte sipfront sends. The Record-Route tests call a SIPp PBX (tests/sipp/uas_health.xml). Test numbers (see
-//! tests/common/mod.rs): 90-99.
+//! tests/common/mod.rs): 90-93, 95-96 and 99.
 
 mod common;
 
@@ -26,8 +26,13 @@ enum Phone {
 
 impl Phone {
     fn open(h: &Harness, tp: Tp) -> Phone {
+        Phone::open_at(h, tp, UAC_PORT)
+    }
+
+    /// A phone on its own UDP port (TCP: an ephemeral port anyway).
+    fn open_at(h: &Harness, tp: Tp, port: u16) -> Phone {
         match tp {
-            Tp::Udp => Phone::Udp { peer: UdpPeer::bind_addr(h.front(UAC_PORT)), front: h.sipfront() },
+            Tp::Udp => Phone::Udp { peer: UdpPeer::bind_addr(h.front(port)), front: h.sipfront() },
             Tp::Tcp => Phone::Tcp(TcpPeer::connect(h.front_ip(), h.sipfront())),
         }
     }
@@ -109,28 +114,9 @@ struct Registered {
 /// The phone registers for `expires` seconds; the PBX checks sipfront's Path and answers 200 with the Contact.
 fn register(h: &Harness, phone: &mut Phone, pbx: &RustPbx, expires: u32, cseq: u32) -> Registered {
     let contact = phone.contact();
-    let me = h.sipfront();
-    let tp = phone.tp();
-    let text = format!(
-        "REGISTER sip:{me} SIP/2.0\r\n\
-         Via: SIP/2.0/{} {};branch=z9hG4bK-reg{cseq};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:1001@{}>;tag=reg-1001\r\n\
-         To: <sip:1001@{}>\r\n\
-         Call-ID: reg-1001@{}\r\n\
-         CSeq: {cseq} REGISTER\r\n\
-         Contact: <{contact}>\r\n\
-         Expires: {expires}\r\n\
-         Supported: path, outbound\r\n\
-         Content-Length: 0\r\n\r\n",
-        tp.upper(),
-        phone.local(),
-        me.ip(),
-        me.ip(),
-        phone.local().ip()
-    );
-    phone.send(&text);
+    phone.send(&register_text(h, phone, expires, cseq));
     let (reg, reply) = pbx.expect(WAIT, "REGISTER");
+    let me = h.sipfront();
     assert_eq!(reg.method(), Some("REGISTER"), "{reg:#?}");
     assert_eq!(reg.request_uri(), Some(format!("sip:{me}").as_str()), "REGISTER Request-URI kept");
     let vias = reg.header_values("Via");
@@ -162,6 +148,32 @@ fn register(h: &Harness, phone: &mut Phone, pbx: &RustPbx, expires: u32, cseq: u
     assert_eq!(ok.status(), Some(200), "{ok:#?}");
     assert_eq!(ok.header_values("Via").len(), 1, "sipfront's Via must be gone: {ok:#?}");
     Registered { path, contact }
+}
+
+/// A REGISTER of the phone's Contact for `expires` seconds (its Call-ID names the phone's port).
+fn register_text(h: &Harness, phone: &Phone, expires: u32, cseq: u32) -> String {
+    let me = h.sipfront();
+    format!(
+        "REGISTER sip:{me} SIP/2.0\r\n\
+         Via: SIP/2.0/{} {};branch=z9hG4bK-reg{cseq}-{};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:1001@{}>;tag=reg-1001\r\n\
+         To: <sip:1001@{}>\r\n\
+         Call-ID: reg-{}@{}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         Contact: <{}>\r\n\
+         Expires: {expires}\r\n\
+         Supported: path, outbound\r\n\
+         Content-Length: 0\r\n\r\n",
+        phone.tp().upper(),
+        phone.local(),
+        phone.local().port(),
+        me.ip(),
+        me.ip(),
+        phone.local().port(),
+        phone.local().ip(),
+        phone.contact()
+    )
 }
 
 /// An INVITE from the PBX to the registered phone: Request-URI the Contact, Route our Path.
@@ -358,35 +370,26 @@ fn flow_gone_tcp_connection_closed_gets_430() {
     call_the_phone(&h, &mut phone, &pbx, &reg, "after-reconnect", false);
 }
 
-/// Injected: the UDP phone de-registers (Expires: 0, the registrar's 200 lists no Contact). Checked: the PBX's
-/// INVITE through the old Path gets 430; after registering again the phone is reachable again.
+/// Injected: first a PBX INVITE whose Route is our Path with one hex digit of the flow token changed, then the
+/// UDP phone de-registers (Expires: 0, the registrar's 200 lists no Contact). Checked: the forged Path gets 403
+/// and the phone nothing, while the genuine Path reaches it; after de-registering, the PBX's INVITE through the
+/// old Path gets 430; after registering again the phone is reachable again.
 #[test]
-fn flow_gone_udp_unregistered_gets_430() {
-    let mut h = Harness::new("flow_gone_udp_unregistered_gets_430", 93);
+fn forged_path_gets_403_and_deregistered_udp_gets_430() {
+    let mut h = Harness::new("forged_path_gets_403_and_deregistered_udp_gets_430", 93);
     let pbx = RustPbx::healthy(h.pbx(PBX1_PORT), Tp::Udp, h.sipfront());
     sipfront_with(&mut h, &pbx);
     let mut phone = Phone::open(&h, Tp::Udp);
     let reg = register(&h, &mut phone, &pbx, 300, 1);
+    let at = reg.path.find('@').expect("token@host");
+    let forged =
+        Registered { path: format!("{}{}", flip_hex(&reg.path[..at]), &reg.path[at..]), contact: reg.contact.clone() };
+    invite_refused(&h, &pbx, &forged, "forged-path", 403);
+    assert!(phone.recv(Duration::from_millis(200)).is_none(), "a forged Path must not reach the phone");
     call_the_phone(&h, &mut phone, &pbx, &reg, "while-registered", true);
 
     // De-register: the registrar's 200 has no Contact left.
-    let unreg = format!(
-        "REGISTER sip:{me} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {local};branch=z9hG4bK-unreg;rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:1001@{ip}>;tag=reg-1001\r\n\
-         To: <sip:1001@{ip}>\r\n\
-         Call-ID: reg-1001@{lip}\r\n\
-         CSeq: 2 REGISTER\r\n\
-         Contact: <{contact}>\r\n\
-         Expires: 0\r\n\
-         Content-Length: 0\r\n\r\n",
-        me = h.sipfront(),
-        local = phone.local(),
-        ip = h.sipfront().ip(),
-        lip = phone.local().ip(),
-        contact = reg.contact
-    );
+    let unreg = register_text(&h, &phone, 0, 2);
     phone.send(&unreg);
     let (got, reply) = pbx.expect(WAIT, "the de-REGISTER");
     assert_eq!(got.method(), Some("REGISTER"));
@@ -398,24 +401,6 @@ fn flow_gone_udp_unregistered_gets_430() {
 
     let reg = register(&h, &mut phone, &pbx, 300, 3);
     call_the_phone(&h, &mut phone, &pbx, &reg, "registered-again", false);
-}
-
-/// Injected: a PBX INVITE whose Route is our Path with one hex digit of the flow token changed. Checked: 403, the
-/// phone gets nothing, and the genuine Path still works.
-#[test]
-fn forged_path_token_gets_403() {
-    let mut h = Harness::new("forged_path_token_gets_403", 94);
-    let pbx = RustPbx::healthy(h.pbx(PBX1_PORT), Tp::Udp, h.sipfront());
-    sipfront_with(&mut h, &pbx);
-    let mut phone = Phone::open(&h, Tp::Udp);
-    let reg = register(&h, &mut phone, &pbx, 300, 1);
-    let at = reg.path.find('@').expect("token@host");
-    let forged =
-        Registered { path: format!("{}{}", flip_hex(&reg.path[..at]), &reg.path[at..]), contact: reg.contact.clone() };
-    let resp = invite_refused(&h, &pbx, &forged, "forged-path", 403);
-    assert!(phone.recv(Duration::from_millis(200)).is_none(), "a forged Path must not reach the phone");
-    eprintln!("forged Path token: {}", resp.start);
-    call_the_phone(&h, &mut phone, &pbx, &reg, "genuine-path", true);
 }
 
 /// `s` with its last hex digit changed.
@@ -544,4 +529,37 @@ fn forged_record_route_token_gets_403_udp() {
 #[test]
 fn forged_record_route_token_gets_403_tcp() {
     forged_record_route_token("forged_record_route_token_gets_403_tcp", 96, Tp::Tcp);
+}
+
+// ------------------------------------------------------------------------------------------------ flow cap
+
+/// Injected: more phones than `[registrations] max_flows = 2`. Checked: the third phone's REGISTER gets
+/// sipfront's own 503 with Retry-After and never reaches the PBX; a registered phone can still refresh; once one
+/// phone de-registers, the third registers and can be called.
+#[test]
+fn flow_cap_gets_503_with_retry_after() {
+    let mut h = Harness::new("flow_cap_gets_503_with_retry_after", 99);
+    let pbx = RustPbx::healthy(h.pbx(PBX1_PORT), Tp::Udp, h.sipfront());
+    h.start_sipfront(&FrontConfig::new().backend("pbx1", pbx.addr, Tp::Udp).section("[registrations]\nmax_flows = 2"));
+    let mut a = Phone::open_at(&h, Tp::Udp, 5090);
+    let mut b = Phone::open_at(&h, Tp::Udp, 5092);
+    let mut c = Phone::open_at(&h, Tp::Udp, 5094);
+    register(&h, &mut a, &pbx, 300, 1);
+    register(&h, &mut b, &pbx, 300, 1);
+
+    c.send(&register_text(&h, &c, 300, 1));
+    let resp = c.expect_final("answer to the REGISTER over the cap");
+    assert_eq!(resp.status(), Some(503), "{resp:#?}");
+    assert!(resp.header("Retry-After").is_some_and(|v| !v.is_empty()), "503 needs a Retry-After: {resp:#?}");
+    assert!(pbx.recv(Duration::from_millis(200)).is_none(), "the REGISTER over the cap must not reach the PBX");
+
+    // A refresh of a known flow is taken at the cap.
+    register(&h, &mut a, &pbx, 300, 2);
+    // b leaves; c gets its place.
+    b.send(&register_text(&h, &b, 0, 2));
+    let (got, reply) = pbx.expect(WAIT, "b's de-REGISTER");
+    reply.send(response_to(&got, 200, "OK", "registrar", "").as_bytes());
+    assert_eq!(b.expect_final("200 to the de-REGISTER").status(), Some(200));
+    let reg_c = register(&h, &mut c, &pbx, 300, 2);
+    call_the_phone(&h, &mut c, &pbx, &reg_c, "to-c", true);
 }
