@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DialogConfig};
+use crate::dialog::ReapLimits;
 use crate::error::Error;
 use crate::health::BackendState;
 use crate::proxy::{Proxy, ProxyInbound, Settings};
@@ -93,13 +94,19 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 /// Drop dialogs past the maximum call duration or silent too long, and expired registrations.
 async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REAP_EVERY);
-    let linger = proxy.settings.timers.t1x64();
+    let t = proxy.settings.timers;
+    let limits = ReapLimits {
+        max_call: cfg.max_call_duration.get(),
+        idle: cfg.idle_timeout.get(),
+        terminated: t.t1x64(),
+        early: t.timer_c + t.t1x64(),
+    };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let dialogs = proxy.dialogs.reap(cfg.max_call_duration.get(), cfg.idle_timeout.get(), linger);
+        let dialogs = proxy.dialogs.reap(&limits);
         let flows = proxy.flows.reap();
         if dialogs + flows > 0 {
             tracing::info!(dialogs, flows, "reaped expired dialogs and registrations");

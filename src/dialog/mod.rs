@@ -249,16 +249,35 @@ impl DialogTable {
         self.retain(|k, d| !(d.state == DialogState::Early && k.call_id() == call_id))
     }
 
-    /// The reaper: calls older than `max_age`, dialogs silent for `idle`, and terminated ones whose BYE was never
-    /// answered (after `linger`). Returns how many went.
-    pub fn reap(&self, max_age: Duration, idle: Duration, linger: Duration) -> usize {
+    /// The reaper: calls older than `max_call`, dialogs silent for `idle`, terminated ones whose BYE was never
+    /// answered, and early ones that never got an answer (a branch abandoned on failover). Returns how many went.
+    pub fn reap(&self, limits: &ReapLimits) -> usize {
         let now = self.now();
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-        let (max_age, idle, linger) = (secs(max_age), secs(idle), secs(linger));
+        let (max_call, idle) = (secs(limits.max_call), secs(limits.idle));
+        let (terminated, early) = (secs(limits.terminated), secs(limits.early));
         self.retain(|_, d| {
             let age = now.saturating_sub(d.created);
             let quiet = now.saturating_sub(d.last_activity);
-            age < max_age && quiet < idle && !(d.state == DialogState::Terminated && quiet >= linger)
+            let stale = match d.state {
+                DialogState::Early => age >= early,
+                DialogState::Confirmed => false,
+                DialogState::Terminated => quiet >= terminated,
+            };
+            age < max_call && quiet < idle && !stale
         })
     }
+}
+
+/// How long the reaper lets each kind of dialog live.
+#[derive(Debug, Clone, Copy)]
+pub struct ReapLimits {
+    /// Any dialog older than this (`dialogs.max_call_duration`).
+    pub max_call: Duration,
+    /// Any dialog without a request for this long (`dialogs.idle_timeout`).
+    pub idle: Duration,
+    /// A terminated dialog whose BYE got no answer (64*T1).
+    pub terminated: Duration,
+    /// An early dialog that was never confirmed (timer C plus 64*T1).
+    pub early: Duration,
 }

@@ -49,16 +49,34 @@ async fn reaper_and_failed_invite() {
     t.confirm(DialogId::new(b"c3", b"a", b"b"), &client(), None);
     assert_eq!(t.remove_early(b"c1"), 2);
     assert_eq!(t.len(), 2);
-    let (day, idle, linger) = (Duration::from_secs(86_400), Duration::from_secs(100), Duration::from_secs(32));
+    let day = Duration::from_secs(86_400);
+    let limits = ReapLimits {
+        max_call: day,
+        idle: Duration::from_secs(100),
+        terminated: Duration::from_secs(32),
+        early: Duration::from_secs(212),
+    };
     tokio::time::advance(Duration::from_secs(40)).await;
     t.touch(&DialogId::new(b"c3", b"a", b"b"), true, 2, true); // BYE sent, never answered
     tokio::time::advance(Duration::from_secs(40)).await;
-    assert_eq!(t.reap(day, idle, linger), 1, "the terminated dialog went after the linger");
+    assert_eq!(t.reap(&limits), 1, "the terminated dialog went after the linger");
     tokio::time::advance(Duration::from_secs(30)).await;
-    assert_eq!(t.reap(day, idle, linger), 1, "the silent one went after the idle timeout");
+    assert_eq!(t.reap(&limits), 1, "the silent one went after the idle timeout");
     assert!(t.is_empty());
     t.confirm(DialogId::new(b"c4", b"a", b"b"), &client(), None);
     tokio::time::advance(Duration::from_secs(90)).await;
     t.touch(&DialogId::new(b"c4", b"a", b"b"), true, 2, false);
-    assert_eq!(t.reap(Duration::from_secs(60), idle, linger), 1, "past the maximum call duration");
+    assert_eq!(
+        t.reap(&ReapLimits { max_call: Duration::from_secs(60), ..limits }),
+        1,
+        "past the maximum call duration"
+    );
+    t.early(DialogId::new(b"c5", b"a", b"b"), &client());
+    tokio::time::advance(Duration::from_secs(99)).await;
+    t.touch(&DialogId::new(b"c5", b"a", b"b"), true, 1, false);
+    tokio::time::advance(Duration::from_secs(99)).await;
+    t.touch(&DialogId::new(b"c5", b"a", b"b"), true, 1, false);
+    assert_eq!(t.reap(&limits), 0);
+    tokio::time::advance(Duration::from_secs(20)).await;
+    assert_eq!(t.reap(&limits), 1, "an early dialog never answered");
 }
