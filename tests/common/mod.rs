@@ -1164,9 +1164,8 @@ impl Harness {
     pub fn stop_sipp(&mut self, s: Sipp, grace: Duration) -> SippRun {
         let pid = self.procs[s.idx].child.id();
         // `timeout` runs SIPp as its child; signal SIPp itself (`timeout` would die of SIGUSR1).
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for c in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-USR1", c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        for c in child_pids(pid) {
+            let _ = Command::new("kill").args(["-USR1", &c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
         let deadline = Instant::now() + grace;
         while self.procs[s.idx].try_wait().is_none() && Instant::now() < deadline {
@@ -1177,6 +1176,19 @@ impl Harness {
         }
         self.wait_sipp(s)
     }
+}
+
+/// The processes whose parent is `pid`, from /proc.
+fn child_pids(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
+        // "pid (comm) state ppid ...": the comm may hold spaces, so read after its closing parenthesis.
+        let ppid: u32 = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
+        (ppid == pid).then_some(name)
+    })
+    .collect()
 }
 
 /// Whether a TCP connection between `local` and `remote` is still open on `local`'s side (any state but
