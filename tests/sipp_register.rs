@@ -291,18 +291,23 @@ fn call_the_phone(h: &Harness, phone: &mut Phone, pbx: &RustPbx, reg: &Registere
     }
 }
 
-/// Injected: nothing (the round trip). Checked: the REGISTER reaches the PBX with sipfront's Path, the 200 reaches
-/// the phone; two calls from the PBX through the Path reach the phone on its own socket / connection and complete,
-/// one hung up by the phone, one by the PBX.
+/// Injected: nothing (the round trip). Checked: the REGISTER reaches the PBX (on `tp`) with sipfront's Path, the
+/// 200 reaches the phone; two calls from the PBX through the Path reach the phone on its own socket / connection
+/// and complete, one hung up by the phone, one by the PBX. Two phones: one on the PBX's transport, one on the
+/// other (the Path faces the PBX, the delivery the phone's flow).
 fn register_and_call(name: &str, n: u8, tp: Tp) {
     let mut h = Harness::new(name, n);
     let pbx = RustPbx::healthy(h.pbx(PBX1_PORT), tp, h.sipfront());
     sipfront_with(&mut h, &pbx);
-    let mut phone = Phone::open(&h, tp);
-    let reg = register(&h, &mut phone, &pbx, 300, 1);
-    call_the_phone(&h, &mut phone, &pbx, &reg, "call-1", true);
-    call_the_phone(&h, &mut phone, &pbx, &reg, "call-2", false);
-    assert!(phone.recv(Duration::from_millis(200)).is_none(), "nothing else reaches the phone");
+    let other = if tp == Tp::Udp { Tp::Tcp } else { Tp::Udp };
+    for phone_tp in [tp, other] {
+        let mut phone = Phone::open(&h, phone_tp);
+        let reg = register(&h, &mut phone, &pbx, 300, 1);
+        let call = |i: u32| format!("call-{i}-{}", phone_tp.lower());
+        call_the_phone(&h, &mut phone, &pbx, &reg, &call(1), true);
+        call_the_phone(&h, &mut phone, &pbx, &reg, &call(2), false);
+        assert!(phone.recv(Duration::from_millis(200)).is_none(), "nothing else reaches the {phone_tp:?} phone");
+    }
     assert!(h.sipfront_alive());
 }
 
