@@ -14,8 +14,8 @@ use crate::proxy::{Proxy, ProxyInbound, Settings};
 use crate::routing::Routing;
 use crate::transport::Transports;
 
-/// How often the reaper looks for expired dialogs and registrations.
-const REAP_EVERY: Duration = Duration::from_secs(10);
+/// How often the reaper looks for expired dialogs, registrations and transaction tombstones.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 /// How long a graceful shutdown waits for open transactions.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,6 +94,7 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
 /// Drop dialogs past the maximum call duration or silent too long, and expired registrations.
 async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REAP_EVERY);
+    let mut round = 0u64;
     let t = proxy.settings.timers;
     let limits = ReapLimits {
         max_call: cfg.max_call_duration.get(),
@@ -105,6 +106,11 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        proxy.txs.sweep(tokio::time::Instant::now());
+        round += 1;
+        if round % 10 != 0 {
+            continue; // the tables below are walked whole: every 10 s is plenty for limits in minutes
         }
         let dialogs = proxy.dialogs.reap(&limits);
         let flows = proxy.flows.reap();

@@ -79,24 +79,32 @@ impl TokenKey {
         good.then(|| payload.to_vec())
     }
 
-    /// The token for our Record-Route: the dialog (by Call-ID and the caller's tag) and its backend.
-    pub fn dialog_token(&self, call_id: &[u8], caller_tag: &[u8], backend: u8) -> String {
-        let mut p = [0u8; 10];
+    /// The token for our Record-Route: the dialog (by Call-ID and the caller's tag), its backend, and the client's
+    /// connection when the entry names one (`;ft=`), so that too cannot be rewritten.
+    pub fn dialog_token(&self, call_id: &[u8], caller_tag: &[u8], backend: u8, conn: Option<ConnId>) -> String {
+        let mut p = [0u8; 18];
         p[0] = KIND_DIALOG;
         p[1] = backend;
-        p[2..].copy_from_slice(&dialog_hash(call_id, caller_tag).to_be_bytes());
+        p[2..10].copy_from_slice(&dialog_hash(call_id, caller_tag).to_be_bytes());
+        p[10..].copy_from_slice(&conn.unwrap_or(0).to_be_bytes());
         self.seal(&p)
     }
 
-    /// Check a dialog token against a request: `Some(backend)` when it is ours and names this request's dialog
-    /// (either tag may be the caller's: requests come from both ends).
-    pub fn check_dialog_token(&self, token: &[u8], call_id: &[u8], tags: [Option<&[u8]>; 2]) -> Option<u8> {
+    /// Check a dialog token against a request: `Some((backend, conn))` when it is ours and names this request's
+    /// dialog (either tag may be the caller's: requests come from both ends).
+    pub fn check_dialog_token(
+        &self,
+        token: &[u8],
+        call_id: &[u8],
+        tags: [Option<&[u8]>; 2],
+    ) -> Option<(u8, Option<ConnId>)> {
         let p = self.open(token)?;
-        if p.len() != 10 || p[0] != KIND_DIALOG {
+        if p.len() != 18 || p[0] != KIND_DIALOG {
             return None;
         }
         let h = u64::from_be_bytes(p[2..10].try_into().ok()?);
-        tags.iter().flatten().any(|t| dialog_hash(call_id, t) == h).then_some(p[1])
+        let conn = u64::from_be_bytes(p[10..18].try_into().ok()?);
+        tags.iter().flatten().any(|t| dialog_hash(call_id, t) == h).then_some((p[1], (conn != 0).then_some(conn)))
     }
 
     /// The token for our Path: a phone's flow.
@@ -167,9 +175,15 @@ mod tests {
     #[test]
     fn dialog_tokens_check_both_directions_and_refuse_tampering() {
         let k = TokenKey::from_secret(b"test secret");
-        let t = k.dialog_token(b"call-1", b"caller", 3);
-        assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"caller"), Some(b"callee")]), Some(3));
-        assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"callee"), Some(b"caller")]), Some(3));
+        let t = k.dialog_token(b"call-1", b"caller", 3, Some(9));
+        assert_eq!(
+            k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"caller"), Some(b"callee")]),
+            Some((3, Some(9)))
+        );
+        assert_eq!(
+            k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"callee"), Some(b"caller")]),
+            Some((3, Some(9)))
+        );
         assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-2", [Some(b"caller"), None]), None, "other call");
         let mut forged = t.clone().into_bytes();
         forged[3] = if forged[3] == b'0' { b'1' } else { b'0' };

@@ -586,9 +586,18 @@ fn dialog_cap_gets_503_with_retry_after() {
 /// once, and the INVITE's 487 comes as soon as pbx1 is declared down, not after timer B or the CANCEL's own
 /// 64*T1 (32 s); the cancelled call does not go on to pbx2.
 #[test]
-#[ignore = "sipfront bug: a CANCELled INVITE pending at a backend that goes down waits 64*T1 for its 487"]
 fn cancelled_invite_at_hung_pbx_ends_when_it_is_down() {
-    let mut h = Harness::new("cancelled_invite_at_hung_pbx_ends_when_it_is_down", 94);
+    cancelled_invite_at_hung_pbx("cancelled_invite_at_hung_pbx_ends_when_it_is_down", 94, false);
+}
+
+#[test]
+fn cancelled_ringing_invite_at_hung_pbx_ends_when_it_is_down() {
+    cancelled_invite_at_hung_pbx("cancelled_ringing_invite_at_hung_pbx_ends_when_it_is_down", 79, true);
+}
+
+/// One round on a fresh node and PBXs (a second round on the same PBX would meet the first one's leftovers).
+fn cancelled_invite_at_hung_pbx(name: &str, n: u8, ringing: bool) {
+    let mut h = Harness::new(name, n);
     let hung = Arc::new(AtomicBool::new(false));
     let hung2 = hung.clone();
     let pbx1 = RustPbx::start(
@@ -603,7 +612,8 @@ fn cancelled_invite_at_hung_pbx_ends_when_it_is_down() {
     let ruri = format!("sip:service@{}", h.sipfront());
     let wait = Duration::from_secs(3);
 
-    for (round, ringing) in [(1, false), (2, true)] {
+    {
+        let round = 1;
         let cid = format!("cancel-{round}");
         c.send(request("INVITE", &ruri, c.local, Tp::Udp, &cid, "").as_bytes(), h.sipfront());
         let (inv, reply) = pbx1.expect(wait, "INVITE");
@@ -621,7 +631,7 @@ fn cancelled_invite_at_hung_pbx_ends_when_it_is_down() {
         c.send(request("CANCEL", &ruri, c.local, Tp::Udp, &cid, "").as_bytes(), h.sipfront());
         let mut finals = Vec::new();
         let deadline = hung_at + DETECTION_BUDGET + Duration::from_millis(1500);
-        while !finals.iter().any(|(_, m): &(Duration, String)| m == "INVITE") {
+        while !finals.iter().any(|(_, m): &(Duration, String)| m.ends_with(" INVITE")) {
             let Some(m) = c.recv_msg_until(deadline) else { break };
             if m.status().is_some_and(|s| s >= 200) {
                 finals.push((hung_at.elapsed(), format!("{} {}", m.status().unwrap(), m.cseq_method().unwrap_or(""))));

@@ -55,14 +55,18 @@ impl Proxy {
         let rr: Vec<String> = if plan.record_route {
             // The token names this dialog (Call-ID and the caller's tag) and the backend it goes to.
             let home = backend.or(plan.from_backend).and_then(|b| u8::try_from(b).ok()).unwrap_or(u8::MAX);
-            let token = self.settings.token_key.dialog_token(req.call_id(), req.from_tag().unwrap_or_default(), home);
-            // The client-facing entry names the client's connection so requests from the PBX find it again.
+            let key = &self.settings.token_key;
+            let (call_id, tag) = (req.call_id(), req.from_tag().unwrap_or_default());
+            // The client-facing entry names the client's connection so requests from the PBX find it again; the
+            // token covers it too.
+            let token = key.dialog_token(call_id, tag, home, src.conn);
             let inbound = self.record_route_value(src.transport, src.conn, &token);
             if src.transport == out && src.conn.is_none() {
                 vec![inbound]
             } else {
                 // Transport changes (or a flow token): the top entry faces the next hop, the lower one the client.
-                vec![self.record_route_value(out, None, &token), inbound]
+                let outbound = key.dialog_token(call_id, tag, home, None);
+                vec![self.record_route_value(out, None, &outbound), inbound]
             }
         } else {
             Vec::new()

@@ -29,7 +29,7 @@ use crate::registration::FlowTable;
 use crate::routing::Routing;
 use crate::sip::{Message, Method};
 use crate::token::TokenKey;
-use crate::transaction::{self, ServerKey, Timers, TransactionTable, TxEvent};
+use crate::transaction::{self, ServerEntry, ServerKey, Timers, TransactionTable, TxEvent};
 use crate::transport::{Inbound, Source, Transport, Transports, Verdict};
 
 /// Settings the proxy reads on every message, taken from the config once.
@@ -188,9 +188,13 @@ impl Proxy {
         match method {
             Method::Ack => {
                 let key = ServerKey::for_request(&req, Method::Invite);
-                if let Some(tx) = self.txs.server(&key) {
-                    // Same branch as an INVITE we handled: the transaction knows whether it answered 2xx.
-                    let _ = tx.send(TxEvent::Ack(Box::new(req), src));
+                let entry = self.txs.server(&key);
+                if let Some(ServerEntry::Live(tx)) = entry {
+                    // Same branch as an INVITE still running: it knows whether this ACKs its non-2xx answer.
+                    let _ = tx.send(TxEvent::Ack(Box::new((req, src))));
+                } else if let Some(ServerEntry::Done(_)) = entry {
+                    // The INVITE was answered 2xx: a UA that reuses the INVITE's branch for the ACK. End to end.
+                    self.forward_stateless(req, src);
                 } else if req.to_tag().is_some_and(|t| self.is_local_tag(t)) {
                     // ACK for a non-2xx we answered without a transaction (483, 420, 404, 400 ...): ends here.
                     self.stats.acks_absorbed.fetch_add(1, Ordering::Relaxed);
@@ -202,19 +206,25 @@ impl Proxy {
             Method::Cancel => {
                 let key = ServerKey::for_request(&req, Method::Invite);
                 match self.txs.server(&key) {
-                    Some(tx) => {
+                    Some(ServerEntry::Live(tx)) => {
                         self.reply(&req, src, 200, "OK");
                         let _ = tx.send(TxEvent::Cancel);
                     }
+                    // Already answered: the CANCEL has no effect but is still acknowledged (RFC 3261 §9.2).
+                    Some(ServerEntry::Done(_)) => self.reply(&req, src, 200, "OK"),
                     None => self.reply(&req, src, 481, "Call/Transaction Does Not Exist"),
                 }
             }
             _ => {
                 let key = ServerKey::for_request(&req, method);
-                if let Some(tx) = self.txs.server(&key) {
+                if let Some(entry) = self.txs.server(&key) {
                     self.stats.retransmissions_absorbed.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(m::RETRANSMISSIONS_ABSORBED).increment(1);
-                    let _ = tx.send(TxEvent::Retransmit);
+                    match entry {
+                        ServerEntry::Live(tx) => drop(tx.send(TxEvent::Retransmit)),
+                        ServerEntry::Done(Some(answer)) => self.transports.send(src.into(), answer),
+                        ServerEntry::Done(None) => {}
+                    }
                     return;
                 }
                 if let Some((code, reason)) = self.local_answer(&req, src) {

@@ -110,12 +110,21 @@ impl Proxy {
             }
             p.count += 1;
             p.transport = transport_param(&uri).or(Some(Transport::Udp));
-            if let Some(ft) = find_param(uri.params, "ft").and_then(|f| std::str::from_utf8(f).ok()?.parse().ok()) {
-                p.conn = Some(ft);
-            }
+            let ft: Option<ConnId> = match find_param(uri.params, "ft") {
+                Some(f) => Some(std::str::from_utf8(f).ok().and_then(|f| f.parse().ok()).ok_or(FORGED)?),
+                None => None,
+            };
             if let Some(d) = find_param(uri.params, "d") {
-                let b = key.check_dialog_token(d, req.call_id(), [req.from_tag(), req.to_tag()]).ok_or(FORGED)?;
+                let (b, conn) =
+                    key.check_dialog_token(d, req.call_id(), [req.from_tag(), req.to_tag()]).ok_or(FORGED)?;
+                // The flow parameter is covered by the token: a rewritten one is a forgery.
+                if conn != ft {
+                    return Err(FORGED);
+                }
                 p.dialog_backend = (usize::from(b) < self.routing.backends().len()).then_some(usize::from(b));
+            }
+            if ft.is_some() {
+                p.conn = ft;
             }
             if let Some(user) = uri.user.filter(|u| !u.is_empty()) {
                 let flow = key.check_flow_token(user).ok_or(FORGED)?;
@@ -269,10 +278,8 @@ impl Proxy {
             }
         } else if let Some((token, flow)) = &popped.flow {
             // The PBX reaches a registered phone through our Path: deliver to the phone's own flow.
-            let alive = match flow.conn {
-                Some(id) => self.transports.conn_alive(id),
-                None => self.flows.get(token).is_some(),
-            };
+            // Registered (not expired, not de-registered) and, for a connection, still connected.
+            let alive = self.flows.get(token).is_some() && flow.conn.is_none_or(|id| self.transports.conn_alive(id));
             if !alive {
                 return Err((430, "Flow Failed"));
             }

@@ -212,12 +212,19 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     }
                 }
                 _ = super::went_down(&mut health) => {
-                    if !last_hop && !cancelled {
-                        tracing::info!(to = %target.addr, "backend went down with the INVITE pending, trying the next one");
+                    // The backend was declared dead while this INVITE waits on it: no answer (not even the 487
+                    // to our CANCEL) is coming. Move on now rather than after timer B or C.
+                    if cancelled {
+                        outcome = Some(Outcome::Rejected(ctx.reply_local(487, "Request Terminated")));
+                        break 'hops;
+                    }
+                    if !last_hop || !provisional {
+                        tracing::info!(to = %target.addr, "backend went down with the INVITE pending");
                         note_failover(&ctx, "backend down", last_hop);
                         fallback = (503, "Service Unavailable");
                         continue 'hops;
                     }
+                    // It was ringing: a PBX that answered once may still answer; timer C bounds the wait.
                     health = None;
                 }
                 _ = sleep_opt(deadline) => {
@@ -278,9 +285,16 @@ pub(crate) async fn run(mut ctx: Ctx) {
     if matches!(outcome, Outcome::Rejected(_)) {
         ctx.proxy.dialogs.remove_early(ctx.req.call_id());
     }
-    let lean: Vec<LeanAttempt> = attempts.into_iter().map(Attempt::into_lean).collect();
-    // Hand over to a small task: this one's future holds the request and plan, which lingering does not need.
-    tokio::spawn(linger(ctx.into_linger(), outcome, lean));
+    match outcome {
+        // RFC 6026 Accepted (timers L and M, 64*T1): INVITE retransmissions are absorbed by the tombstone, 2xx
+        // retransmissions and a same-branch ACK are relayed without state.
+        Outcome::Accepted => ctx.retire(None, t.t1x64()),
+        Outcome::Rejected(fin) => {
+            let lean: Vec<LeanAttempt> = attempts.into_iter().map(Attempt::into_lean).collect();
+            // Timer G has to run: a small task, without the request and plan this one holds.
+            tokio::spawn(completed(ctx.into_linger(), fin, lean));
+        }
+    }
 }
 
 fn note_failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
@@ -383,59 +397,42 @@ impl AttemptLike for LeanAttempt {
     }
 }
 
-async fn linger(mut ctx: Linger, outcome: Outcome, mut attempts: Vec<LeanAttempt>) {
+/// Completed (RFC 3261 §17.2.1): retransmit the final answer on timer G until the ACK, give up on timer H, then
+/// absorb ACK retransmissions (timer I) and the backend's final retransmissions (timer D).
+async fn completed(mut ctx: Linger, fin: Bytes, mut attempts: Vec<LeanAttempt>) {
     let t = ctx.proxy.settings.timers;
     let now = Instant::now();
-    match outcome {
-        Outcome::Accepted => {
-            // RFC 6026 Accepted: timers L and M are both 64*T1.
-            let end = now + t.t1x64();
-            loop {
-                tokio::select! {
-                    ev = ctx.rx.recv() => match ev {
-                        Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
-                        Some(TxEvent::Ack(ack, src)) => ctx.proxy.forward_stateless(*ack, src),
-                        Some(_) => {}
-                        None => return,
-                    },
-                    _ = tokio::time::sleep_until(end) => return,
-                }
-            }
-        }
-        Outcome::Rejected(fin) => {
-            let up_reliable = ctx.src.transport.is_reliable();
-            let down_unreliable = attempts.iter().any(|a| !a.target.transport.is_reliable());
-            let client_done = now + t.d(!down_unreliable);
-            let mut g_interval = t.t1;
-            let mut timer_g = (!up_reliable).then(|| now + t.t1);
-            let timer_h = now + t.t1x64();
-            let mut end: Option<Instant> = None;
-            loop {
-                let deadline = earliest(&[timer_g, Some(timer_h), end]);
-                tokio::select! {
-                    ev = ctx.rx.recv() => match ev {
-                        Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
-                        Some(TxEvent::Ack(..)) => {
-                            if end.is_none() {
-                                timer_g = None;
-                                end = Some((Instant::now() + t.i_k(up_reliable)).max(client_done));
-                            }
-                        }
-                        Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
-                        Some(TxEvent::Cancel) => {}
-                        None => return,
-                    },
-                    _ = sleep_opt(deadline) => {
-                        let now = Instant::now();
-                        if due(end, now) || timer_h <= now {
-                            return;
-                        }
-                        if due(timer_g, now) {
-                            ctx.upstream(fin.clone());
-                            g_interval = (g_interval * 2).min(t.t2);
-                            timer_g = Some(now + g_interval);
-                        }
+    let up_reliable = ctx.src.transport.is_reliable();
+    let down_unreliable = attempts.iter().any(|a| !a.target.transport.is_reliable());
+    let client_done = now + t.d(!down_unreliable);
+    let mut g_interval = t.t1;
+    let mut timer_g = (!up_reliable).then(|| now + t.t1);
+    let timer_h = now + t.t1x64();
+    let mut end: Option<Instant> = None;
+    loop {
+        let deadline = earliest(&[timer_g, Some(timer_h), end]);
+        tokio::select! {
+            ev = ctx.rx.recv() => match ev {
+                Some(TxEvent::Retransmit) => ctx.upstream(fin.clone()),
+                Some(TxEvent::Ack(..)) => {
+                    if end.is_none() {
+                        timer_g = None;
+                        end = Some((Instant::now() + t.i_k(up_reliable)).max(client_done));
                     }
+                }
+                Some(TxEvent::Response(r)) => late_response(&ctx.proxy, ctx.src, &mut attempts, &r),
+                Some(TxEvent::Cancel) => {}
+                None => return,
+            },
+            _ = sleep_opt(deadline) => {
+                let now = Instant::now();
+                if due(end, now) || timer_h <= now {
+                    return;
+                }
+                if due(timer_g, now) {
+                    ctx.upstream(fin.clone());
+                    g_interval = (g_interval * 2).min(t.t2);
+                    timer_g = Some(now + g_interval);
                 }
             }
         }

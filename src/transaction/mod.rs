@@ -11,12 +11,14 @@ mod invite;
 mod non_invite;
 mod timers;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub use timers::Timers;
 
@@ -32,7 +34,7 @@ pub enum TxEvent {
     Retransmit,
     /// An ACK with the INVITE's branch: for our non-2xx final it is absorbed (hop by hop); after a 2xx it belongs
     /// to the far end (a UA reusing the INVITE branch) and is relayed.
-    Ack(Box<Message>, Source),
+    Ack(Box<(Message, Source)>),
     /// The client cancelled the INVITE (we already answered the CANCEL with 200).
     Cancel,
     /// A response from downstream for one of our branches. Boxed: a channel allocates its first block of 32
@@ -42,6 +44,9 @@ pub enum TxEvent {
 
 pub type TxHandle = mpsc::UnboundedSender<TxEvent>;
 
+// Every transaction's channel allocates a block of 32 events up front: keep an event to two words.
+const _: () = assert!(std::mem::size_of::<TxEvent>() <= 16);
+
 /// Server transaction key (RFC 3261 §17.2.3): branch, sent-by and method of the top Via; ACK and CANCEL look up
 /// their INVITE. Requests without the magic cookie fall back to the RFC 2543 fields.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,7 +55,8 @@ pub struct ServerKey(Bytes);
 impl ServerKey {
     pub fn for_request(req: &Message, method: Method) -> ServerKey {
         let via = req.top_via();
-        let mut k = BytesMut::with_capacity(96);
+        // Sized generously once; `copy_from_slice` below keeps exactly the bytes written.
+        let mut k = BytesMut::with_capacity(160);
         match via.as_ref().filter(|v| v.is_rfc3261()) {
             Some(v) => {
                 k.put_slice(v.branch().unwrap_or_default());
@@ -72,17 +78,35 @@ impl ServerKey {
             Method::Other => k.put_slice(req.method_bytes()),
             m => k.put_slice(m.as_str().as_bytes()),
         }
-        ServerKey(k.freeze())
+        // An exact-size copy: a frozen buffer with spare capacity costs a second allocation and pins the spare.
+        ServerKey(Bytes::copy_from_slice(&k))
     }
 }
 
-/// Live transactions, by server key and by each client branch. DashMap: the UDP and TCP reading tasks look up
+/// What the server side of a transaction is now.
+#[derive(Debug, Clone)]
+pub enum ServerEntry {
+    /// A task runs it: events go there.
+    Live(TxHandle),
+    /// Answered and lingering (RFC 6026 Accepted for a 2xx'd INVITE, Completed for a non-INVITE): no task, no
+    /// timer, just this. A retransmitted request gets `answer` again (`None`: absorbed silently).
+    Done(Option<Bytes>),
+}
+
+/// Transactions by server key and by each client branch. DashMap: the UDP and TCP reading tasks look up
 /// concurrently with transaction tasks inserting and removing their own keys.
+///
+/// Why tombstones: at thousands of calls per second, 64*T1 (32 s) of lingering per transaction is the bulk of
+/// the proxy's memory. A task with its channel and timer costs ~2 KiB; a [`ServerEntry::Done`] plus its place in
+/// the expiry queue ~150 bytes.
 #[derive(Debug, Default)]
 pub struct TransactionTable {
-    server: DashMap<ServerKey, TxHandle>,
+    server: DashMap<ServerKey, ServerEntry>,
     client: DashMap<Bytes, TxHandle>,
     active: AtomicUsize,
+    /// Done entries in the order they expire (every linger is 64*T1, so insertion order is expiry order).
+    /// A std Mutex: pushed once per transaction and drained by one sweeper, never held across an await.
+    retired: Mutex<VecDeque<(Instant, ServerKey)>>,
 }
 
 impl TransactionTable {
@@ -90,7 +114,7 @@ impl TransactionTable {
         TransactionTable::default()
     }
 
-    pub fn server(&self, key: &ServerKey) -> Option<TxHandle> {
+    pub fn server(&self, key: &ServerKey) -> Option<ServerEntry> {
         self.server.get(key).map(|h| h.clone())
     }
 
@@ -98,13 +122,44 @@ impl TransactionTable {
         self.client.get(branch).map(|h| h.clone())
     }
 
-    /// Transactions alive now.
+    /// Transactions with a task alive now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Answered transactions still absorbing retransmissions.
+    pub fn lingering(&self) -> usize {
+        self.retired.lock().expect("retired lock").len()
+    }
+
     pub(crate) fn add_branch(&self, branch: Bytes, h: TxHandle) {
         self.client.insert(branch, h);
+    }
+
+    /// Turn a live server transaction into a tombstone until `until`.
+    fn retire(&self, key: &ServerKey, answer: Option<Bytes>, until: Instant) {
+        if let Some(mut e) = self.server.get_mut(key) {
+            *e = ServerEntry::Done(answer);
+        }
+        self.retired.lock().expect("retired lock").push_back((until, key.clone()));
+    }
+
+    /// Drop tombstones whose linger is over; returns how many went.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let mut gone = 0;
+        loop {
+            let key = {
+                let mut q = self.retired.lock().expect("retired lock");
+                match q.front() {
+                    Some((t, _)) if *t <= now => q.pop_front().map(|(_, k)| k),
+                    _ => None,
+                }
+            };
+            let Some(key) = key else { return gone };
+            // A new transaction may have reused the key (a client that reuses branches): leave a live one alone.
+            self.server.remove_if(&key, |_, e| matches!(e, ServerEntry::Done(_)));
+            gone += 1;
+        }
     }
 }
 
@@ -118,7 +173,8 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let txs = &self.proxy.txs;
-        txs.server.remove(&self.server);
+        // A retired transaction's tombstone stays until the sweeper takes it.
+        txs.server.remove_if(&self.server, |_, e| matches!(e, ServerEntry::Live(_)));
         for b in &self.branches {
             txs.client.remove(b);
         }
@@ -130,7 +186,7 @@ impl Drop for Registration {
 /// Start the proxy transaction for a new request.
 pub fn start(proxy: Arc<Proxy>, req: Message, src: Source, plan: Plan, key: ServerKey) {
     let (tx, rx) = mpsc::unbounded_channel();
-    proxy.txs.server.insert(key.clone(), tx.clone());
+    proxy.txs.server.insert(key.clone(), ServerEntry::Live(tx.clone()));
     proxy.txs.active.fetch_add(1, Ordering::Relaxed);
     proxy.stats.transactions.fetch_add(1, Ordering::Relaxed);
     let invite = req.method() == Some(Method::Invite);
@@ -169,6 +225,15 @@ impl Ctx {
     /// Send bytes to the client (upstream), on the flow the request came in on.
     fn upstream(&self, data: Bytes) {
         self.proxy.transports.send(self.src.into(), data);
+    }
+
+    /// The answer went upstream: end this task and leave a tombstone that answers retransmissions with `answer`
+    /// (or absorbs them) for `linger`.
+    fn retire(self, answer: Option<Bytes>, linger: std::time::Duration) {
+        if linger.is_zero() {
+            return; // reliable transport, timer J = 0: nothing to absorb
+        }
+        self.proxy.txs.retire(&self.reg.server, answer, Instant::now() + linger);
     }
 
     /// A failure on real traffic toward a backend counts against its health.

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::invite::resolve_hop;
 use super::timers::{due, earliest, sleep_opt};
-use super::{response_branch, retryable, Ctx, Linger, TxEvent};
+use super::{response_branch, retryable, Ctx, TxEvent};
 use crate::dialog::DialogId;
 use crate::metrics as m;
 use crate::sip::Method;
@@ -44,12 +44,10 @@ pub(crate) async fn run(mut ctx: Ctx) {
         loop {
             tokio::select! {
                 _ = super::went_down(&mut health) => {
-                    if !last_hop {
-                        failover(&ctx, "backend down", last_hop);
-                        fallback = (503, "Service Unavailable");
-                        continue 'hops;
-                    }
-                    health = None;
+                    // Declared dead while the request waits on it: the next backend, or 503 now (not 408 in 32 s).
+                    failover(&ctx, "backend down", last_hop);
+                    fallback = (503, "Service Unavailable");
+                    continue 'hops;
                 }
                 ev = ctx.rx.recv() => match ev {
                     None => return,
@@ -128,22 +126,11 @@ pub(crate) async fn run(mut ctx: Ctx) {
             None => ctx.reply_local(fallback.0, fallback.1),
         },
     };
-    // Completed: answer retransmissions for timer J; absorb late responses for timer K. A small task does it.
-    let end = Instant::now() + t.j(ctx.src.transport.is_reliable()).max(t.i_k(down_reliable));
-    tokio::spawn(completed(ctx.into_linger(), fin, end));
-}
-
-async fn completed(mut l: Linger, fin: Bytes, end: Instant) {
-    loop {
-        tokio::select! {
-            ev = l.rx.recv() => match ev {
-                Some(TxEvent::Retransmit) => l.upstream(fin.clone()),
-                Some(_) => {}
-                None => return,
-            },
-            _ = tokio::time::sleep_until(end) => return,
-        }
-    }
+    // Completed: a tombstone answers retransmissions with the final response for timer J (64*T1 on UDP, zero on
+    // TCP). Late responses from downstream (timer K) go the stateless way and are harmless duplicates.
+    let _ = down_reliable;
+    let linger = t.j(ctx.src.transport.is_reliable());
+    ctx.retire(Some(fin), linger);
 }
 
 /// The registrar accepted a REGISTER we added our Path to: remember the phone's flow until it expires.

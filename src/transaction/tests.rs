@@ -124,7 +124,7 @@ async fn invite_gets_trying_and_is_forwarded_with_our_via_and_record_route() {
     let rr = String::from_utf8(fwd.header(HeaderName::RecordRoute).unwrap().to_vec()).unwrap();
     let token = rr.strip_prefix("<sip:127.0.0.1:5060;d=").and_then(|t| t.strip_suffix(";lr>")).expect(&rr);
     let key = &r.proxy.settings.token_key;
-    assert_eq!(key.check_dialog_token(token.as_bytes(), b"call-z9hG4bK-1", [Some(b"a1"), None]), Some(0));
+    assert_eq!(key.check_dialog_token(token.as_bytes(), b"call-z9hG4bK-1", [Some(b"a1"), None]), Some((0, None)));
     assert_eq!(fwd.max_forwards(), Some(69));
 }
 
@@ -341,10 +341,14 @@ async fn retransmitted_2xx_is_relayed_while_accepted() {
     r.send_from_backend(PBX1, ok.clone());
     let (_, to, again) = r.next().await;
     assert_eq!((to.addr, again.status()), (addr(CLIENT), Some(200)));
-    // INVITE retransmissions are absorbed without an answer in Accepted (RFC 6026).
+    // INVITE retransmissions are absorbed without an answer in Accepted (RFC 6026), by a tombstone.
+    assert_eq!((r.proxy.txs.active(), r.proxy.txs.lingering()), (0, 1));
     r.send_from_client(&invite("z9hG4bK-14"));
-    r.quiet_for(Duration::from_secs(31)).await;
-    assert_eq!(r.proxy.txs.active(), 0, "timers L/M ended it");
+    r.quiet_for(Duration::from_secs(29)).await;
+    assert_eq!(r.proxy.txs.sweep(Instant::now()), 0, "still within 64*T1");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(r.proxy.txs.sweep(Instant::now()), 1, "timers L/M ended it");
+    assert_eq!(r.proxy.txs.lingering(), 0);
     // After that, a stray 2xx is still relayed statelessly by its Via.
     r.send_from_backend(PBX1, ok);
     let (_, to, stray) = r.next().await;
