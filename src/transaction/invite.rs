@@ -3,15 +3,12 @@
 //! lingering state: Completed (timer G retransmits the final answer until the ACK, H gives up, I absorbs) or
 //! Accepted after a 2xx (RFC 6026 timers L/M: absorb INVITE retransmissions, relay 2xx retransmissions).
 
-use std::sync::atomic::Ordering;
-
 use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::timers::{due, earliest, sleep_opt};
 use super::{response_branch, retryable, Ctx, Linger, TxEvent};
 use crate::dialog::{DialogId, NewDialog};
-use crate::metrics as m;
 use crate::proxy::Proxy;
 use crate::proxy::{Hop, HopAddr};
 use crate::sip::{HeaderName, Message, Method, ResponseBuilder};
@@ -100,20 +97,10 @@ pub(crate) async fn run(mut ctx: Ctx) {
             break;
         }
         let last_hop = i + 1 == hops.len();
-        let Some(target) = resolve_hop(hop).await else {
-            tracing::info!(hop = ?hop.addr, "cannot resolve next hop");
+        let Some((target, branch, fwd)) = ctx.send_attempt(hop, last_hop).await else {
             fallback = (503, "Service Unavailable");
             continue;
         };
-        let branch = ctx.new_branch();
-        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, hop.backend, &branch);
-        if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
-            tracing::info!(to = %target.addr, error = %e, "INVITE not sent, trying the next backend");
-            ctx.backend_failed(hop.backend, "transport error");
-            note_failover(&ctx, "transport", last_hop);
-            fallback = (503, "Service Unavailable");
-            continue;
-        }
         attempts.push(Attempt { branch, target, fwd, backend: hop.backend, ack: None });
         let cur = attempts.len() - 1;
         let start = Instant::now();
@@ -198,7 +185,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                     }
                                     if !cancelled && !last_hop && retryable(code) && ctx.plan.hops.len() > 1 {
                                         tracing::info!(to = %target.addr, code, "backend refused, trying the next one");
-                                        note_failover(&ctx, "response", last_hop);
+                                        ctx.note_failover("response", last_hop);
                                         best_failure = Some(*resp);
                                         continue 'hops;
                                     }
@@ -220,7 +207,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     }
                     if !last_hop || !provisional {
                         tracing::info!(to = %target.addr, "backend went down with the INVITE pending");
-                        note_failover(&ctx, "backend down", last_hop);
+                        ctx.note_failover("backend down", last_hop);
                         fallback = (503, "Service Unavailable");
                         continue 'hops;
                     }
@@ -259,7 +246,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                         tracing::info!(to = %target.addr, "no answer to INVITE (timer B)");
                         ctx.backend_failed(hop.backend, "INVITE timeout");
                         fallback = (408, "Request Timeout");
-                        note_failover(&ctx, "timeout", last_hop);
+                        ctx.note_failover("timeout", last_hop);
                         continue 'hops;
                     }
                 }
@@ -294,13 +281,6 @@ pub(crate) async fn run(mut ctx: Ctx) {
             // Timer G has to run: a small task, without the request and plan this one holds.
             tokio::spawn(completed(ctx.into_linger(), fin, lean));
         }
-    }
-}
-
-fn note_failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
-    if !last_hop {
-        ctx.proxy.stats.backend_failovers.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
     }
 }
 

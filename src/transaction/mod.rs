@@ -25,7 +25,7 @@ pub use timers::Timers;
 use crate::metrics as m;
 use crate::proxy::{Plan, Proxy};
 use crate::sip::{Message, Method};
-use crate::transport::Source;
+use crate::transport::{Source, Target};
 
 /// What the reading tasks tell a transaction.
 #[derive(Debug)]
@@ -234,6 +234,32 @@ impl Ctx {
             return; // reliable transport, timer J = 0: nothing to absorb
         }
         self.proxy.txs.retire(&self.reg.server, answer, Instant::now() + linger);
+    }
+
+    /// Count a move to the next hop (not when this was the last one).
+    fn note_failover(&self, reason: &'static str, last_hop: bool) {
+        if !last_hop {
+            self.proxy.stats.backend_failovers.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
+        }
+    }
+
+    /// One attempt toward a hop: resolve it, give it a branch, rewrite the request and send it. `None` (after
+    /// counting the failure against the backend) when it could not be sent; the caller moves on.
+    async fn send_attempt(&mut self, hop: &crate::proxy::Hop, last_hop: bool) -> Option<(Target, Bytes, Bytes)> {
+        let Some(target) = invite::resolve_hop(hop).await else {
+            tracing::info!(hop = ?hop.addr, "cannot resolve next hop");
+            return None;
+        };
+        let branch = self.new_branch();
+        let fwd = self.proxy.build_forward(&self.req, self.src, &self.plan, target.transport, hop.backend, &branch);
+        if let Err(e) = self.proxy.transports.send_wait(target, fwd.clone()).await {
+            tracing::info!(to = %target.addr, error = %e, method = ?self.req.method(), "not sent, trying the next hop");
+            self.backend_failed(hop.backend, "transport error");
+            self.note_failover("transport", last_hop);
+            return None;
+        }
+        Some((target, branch, fwd))
     }
 
     /// A failure on real traffic toward a backend counts against its health.

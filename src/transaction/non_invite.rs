@@ -5,11 +5,9 @@
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::invite::resolve_hop;
 use super::timers::{due, earliest, sleep_opt};
 use super::{response_branch, retryable, Ctx, TxEvent};
 use crate::dialog::DialogId;
-use crate::metrics as m;
 use crate::sip::Method;
 
 pub(crate) async fn run(mut ctx: Ctx) {
@@ -19,23 +17,13 @@ pub(crate) async fn run(mut ctx: Ctx) {
     let mut final_up: Option<Bytes> = None;
     let mut best_failure: Option<Bytes> = None;
     let mut fallback = (503, "Service Unavailable");
-    let mut down_reliable = true;
 
     'hops: for (i, hop) in hops.iter().enumerate() {
         let last_hop = i + 1 == hops.len();
-        let Some(target) = resolve_hop(hop).await else {
-            continue;
-        };
-        let branch = ctx.new_branch();
-        let fwd = ctx.proxy.build_forward(&ctx.req, ctx.src, &ctx.plan, target.transport, hop.backend, &branch);
-        if let Err(e) = ctx.proxy.transports.send_wait(target, fwd.clone()).await {
-            tracing::info!(to = %target.addr, error = %e, "request not sent, trying the next hop");
-            ctx.backend_failed(hop.backend, "transport error");
-            failover(&ctx, "transport", last_hop);
+        let Some((target, branch, fwd)) = ctx.send_attempt(hop, last_hop).await else {
             fallback = (503, "Service Unavailable");
             continue;
-        }
-        down_reliable &= target.transport.is_reliable();
+        };
         let start = Instant::now();
         let mut e_interval = t.t1;
         let mut timer_e = (!target.transport.is_reliable()).then(|| start + t.t1);
@@ -45,7 +33,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
             tokio::select! {
                 _ = super::went_down(&mut health) => {
                     // Declared dead while the request waits on it: the next backend, or 503 now (not 408 in 32 s).
-                    failover(&ctx, "backend down", last_hop);
+                    ctx.note_failover("backend down", last_hop);
                     fallback = (503, "Service Unavailable");
                     continue 'hops;
                 }
@@ -82,7 +70,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             bind_registration(&ctx, &resp);
                         }
                         if !last_hop && retryable(code) {
-                            failover(&ctx, "response", last_hop);
+                            ctx.note_failover("response", last_hop);
                             best_failure = Some(resp.strip_top_via());
                             continue 'hops;
                         }
@@ -102,7 +90,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     if timer_f <= now {
                         tracing::info!(to = %target.addr, method = ?ctx.req.method(), "no answer (timer F)");
                         ctx.backend_failed(hop.backend, "request timeout");
-                        failover(&ctx, "timeout", last_hop);
+                        ctx.note_failover("timeout", last_hop);
                         fallback = (408, "Request Timeout");
                         continue 'hops;
                     }
@@ -128,7 +116,6 @@ pub(crate) async fn run(mut ctx: Ctx) {
     };
     // Completed: a tombstone answers retransmissions with the final response for timer J (64*T1 on UDP, zero on
     // TCP). Late responses from downstream (timer K) go the stateless way and are harmless duplicates.
-    let _ = down_reliable;
     let linger = t.j(ctx.src.transport.is_reliable());
     ctx.retire(Some(fin), linger);
 }
@@ -144,11 +131,4 @@ fn bind_registration(ctx: &Ctx, ok: &crate::sip::Message) {
         .map(|na| Bytes::copy_from_slice(na.uri))
         .unwrap_or_default();
     ctx.proxy.flows.bind(token.clone(), ctx.src.into(), aor, ttl);
-}
-
-fn failover(ctx: &Ctx, reason: &'static str, last_hop: bool) {
-    if !last_hop {
-        ctx.proxy.stats.backend_failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::counter!(m::BACKEND_FAILOVERS, "reason" => reason).increment(1);
-    }
 }
