@@ -26,5 +26,7 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo check (fuzz crate)"
 (cd fuzz && cargo check --locked --quiet)
+echo "== cargo test (benches once each, in test mode)"
+cargo test --locked --benches
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --lib --bins --tests
