@@ -85,6 +85,11 @@ fn udp_cases(trap: std::net::SocketAddr) -> Vec<(&'static str, Vec<u8>, Expect)>
             BadRequest("bad Max-Forwards"),
         ),
         ("no From", without("From: <sip:tester@$IP>;tag=t-$CID\r\n"), BadRequest("missing From")),
+        (
+            "header line without a colon",
+            edit("Max-Forwards: 70", "Max-Forwards 70"),
+            BadRequest("malformed header line"),
+        ),
         ("no To", without("To: <sip:service@$FRONT>\r\n"), BadRequest("missing To")),
         // Nothing to answer: dropped.
         ("binary garbage", junk(300, 7), Dropped),
@@ -94,7 +99,6 @@ fn udp_cases(trap: std::net::SocketAddr) -> Vec<(&'static str, Vec<u8>, Expect)>
         ("start line with one token", edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE"), Dropped),
         ("unsupported SIP version", edit("$FRONT SIP/2.0\r\n", "$FRONT SIP/3.0\r\n"), Dropped),
         ("NUL inside the method", edit("INVITE sip:", "INV\0ITE sip:"), Dropped),
-        ("header line without a colon", edit("Max-Forwards: 70", "Max-Forwards 70"), Dropped),
         ("header section not terminated", edit("Content-Length: 0\r\n\r\n", "Content-Length: 0\r\n"), Dropped),
         ("no Via", without("Via: SIP/2.0/UDP $LOCAL;branch=z9hG4bK-$CID;rport\r\n"), Dropped),
         ("unparseable Via", edit("Via: SIP/2.0/UDP $LOCAL;", "Via: garbage;"), Dropped),

@@ -158,11 +158,20 @@ impl Message {
                 next = after;
                 continue;
             }
-            let colon = next + memchr::memchr(b':', &b[next..end]).ok_or(ParseError::BadHeaderLine)?;
+            let colon = memchr::memchr(b':', &b[next..end]).map(|c| next + c);
+            let name_ok = colon.is_some_and(|colon| {
+                let (ns, ne) = trim_range(b, next, colon);
+                ns == next && ne > ns && b[ns..ne].iter().all(|c| is_token_char(*c))
+            });
+            let Some(colon) = colon.filter(|_| name_ok) else {
+                if strict {
+                    return Err(ParseError::BadHeaderLine);
+                }
+                // Reading only to answer 400: skip the broken line, keep what can be answered from.
+                next = after;
+                continue;
+            };
             let (ns, ne) = trim_range(b, next, colon);
-            if ns != next || ne == ns || !b[ns..ne].iter().all(|c| is_token_char(*c)) {
-                return Err(ParseError::BadHeaderLine);
-            }
             let name = HeaderName::from_bytes(&b[ns..ne]);
             let (vs, ve) = trim_range(b, colon + 1, end);
             let field = HeaderField {
