@@ -192,7 +192,7 @@ impl Health {
             metrics::counter!(m::BACKEND_STATE_CHANGES, "backend" => name.clone(), "state" => state.as_str())
                 .increment(1);
             metrics::gauge!(m::BACKEND_UP, "backend" => name).set(if state == BackendState::Up { 1.0 } else { 0.0 });
-            tracing::info!(backend = %slot.name, state = state.as_str(), reason = why.unwrap_or("probes answer"), "backend state changed");
+            tracing::info!(backend = %slot.name, state = %state.as_str(), reason = why.unwrap_or("probes answer"), "backend state changed");
             slot.state.send_replace(state);
             let _ = self.events.send(HealthEvent { backend, state, at: Instant::now() });
         }
