@@ -1,21 +1,31 @@
-//! The prober: one task per backend sends a SIP OPTIONS every `interval` from our listener and waits up to
-//! `timeout` for a final answer; an accepted code counts as alive, anything else (another code, silence, a
-//! transport error) as a failure. Answers come back through the proxy, which hands probe branches here.
+//! The prober: one task per backend sends a SIP OPTIONS every `interval` and waits up to `timeout` for a final
+//! answer; an accepted code counts as alive, anything else (another code, silence, a transport error) as a
+//! failure.
+//!
+//! UDP backends are probed from a socket of their own, connected to the backend, on the listener's address: when
+//! the PBX process dies, the kernel's ICMP port-unreachable fails the probe at once instead of after `timeout`
+//! (a crashed PBX is then down after `down_after` probes, whatever the timeout). TCP backends are probed over
+//! the proxy's connection to them, whose loss is a transport error; their answers come back through the proxy,
+//! which hands probe branches here.
 //!
 //! The OPTIONS is composed with `format!`: a fixed, tiny request gains nothing from a structured builder.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::proxy::Proxy;
 use crate::routing::Backend;
-use crate::sip::SERVER_NAME;
+use crate::sip::{Message, SERVER_NAME};
+use crate::transport::Transport;
 
 /// Probes waiting for their answer, by branch.
 #[derive(Default)]
@@ -45,6 +55,10 @@ pub fn start(proxy: Arc<Proxy>, shutdown: CancellationToken) {
     for index in 0..proxy.routing.backends().len() {
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
+        if proxy.routing.backends()[index].transport == Transport::Udp {
+            tokio::spawn(udp_prober(proxy, index, shutdown));
+            continue;
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(proxy.health.config.interval.get());
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -67,7 +81,7 @@ async fn probe_once(proxy: Arc<Proxy>, index: usize, cseq: u32) {
     let branch = proxy.new_branch(0);
     let (tx, rx) = oneshot::channel();
     proxy.health.pending.0.insert(branch.clone(), tx);
-    let msg = options(&proxy, backend, &branch, cseq);
+    let msg = options(&proxy, backend, &branch, cseq, None);
     let sent = Instant::now();
     let cfg = &proxy.health.config;
     let outcome = match proxy.transports.send_wait(backend.target(), msg).await {
@@ -87,10 +101,95 @@ async fn probe_once(proxy: Arc<Proxy>, index: usize, cseq: u32) {
     }
 }
 
-fn options(proxy: &Proxy, backend: &Backend, branch: &[u8], cseq: u32) -> Bytes {
+/// A UDP backend's prober: its own connected socket, so a dead PBX process shows as port unreachable at once.
+async fn udp_prober(proxy: Arc<Proxy>, index: usize, shutdown: CancellationToken) {
+    let backend = proxy.routing.backends()[index].clone();
+    let cfg = proxy.health.config.clone();
+    let local = proxy.transports.local_addr(Transport::Udp).map(|a| a.ip()).unwrap_or(match backend.addr {
+        SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
+        SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
+    });
+    let sock = match UdpSocket::bind((local, 0)).await {
+        Ok(s) if s.connect(backend.addr).await.is_ok() => s,
+        _ => {
+            tracing::warn!(backend = %backend.name, "cannot open a probe socket; backend not probed");
+            return;
+        }
+    };
+    let Ok(me) = sock.local_addr() else { return };
+    // Our Via names this socket: the listener's address when it has one, else the advertised host.
+    let via_host = if local.is_unspecified() { None } else { Some(me) };
+    let mut tick = tokio::time::interval(cfg.interval.get());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pending: VecDeque<(Bytes, Instant)> = VecDeque::new();
+    let mut buf = vec![0u8; 65_536];
+    let mut cseq = 0u32;
+    let fail = |why: &str| {
+        metrics::counter!(crate::metrics::PROBES, "backend" => backend.name.clone(), "result" => "fail").increment(1);
+        proxy.health.failure(index, why);
+    };
+    loop {
+        let expiry = pending.front().map(|(_, sent)| *sent + cfg.timeout.get());
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                cseq = cseq.wrapping_add(1);
+                let branch = proxy.new_branch(0);
+                let msg = options(&proxy, &backend, &branch, cseq, Some((via_host, me.port())));
+                match sock.send(&msg).await {
+                    Ok(_) => pending.push_back((branch, Instant::now())),
+                    Err(e) => fail(&format!("transport error: {e}")),
+                }
+            }
+            r = sock.recv(&mut buf) => match r {
+                Ok(n) => {
+                    let Ok(m) = Message::parse(Bytes::copy_from_slice(&buf[..n])) else { continue };
+                    let (Some(code), Some(branch)) = (m.status(), m.top_via().and_then(|v| v.branch())) else { continue };
+                    if code < 200 {
+                        continue;
+                    }
+                    let Some(pos) = pending.iter().position(|(b, _)| b[..] == *branch) else { continue };
+                    let Some((_, sent)) = pending.remove(pos) else { continue };
+                    if cfg.ok_codes.contains(&code) {
+                        metrics::counter!(crate::metrics::PROBES, "backend" => backend.name.clone(), "result" => "ok").increment(1);
+                        proxy.health.probe_ok(index, sent.elapsed());
+                    } else {
+                        fail(&format!("probe answered {code}"));
+                    }
+                }
+                // ICMP port unreachable on the connected socket: nothing listens there any more.
+                Err(_) => {
+                    for _ in pending.drain(..) {
+                        fail("probe: port unreachable");
+                    }
+                }
+            },
+            _ = crate::transaction::sleep_until_opt(expiry) => {
+                let now = Instant::now();
+                while pending.front().is_some_and(|(_, sent)| *sent + cfg.timeout.get() <= now) {
+                    pending.pop_front();
+                    fail("probe timeout");
+                }
+            }
+        }
+    }
+}
+
+/// The OPTIONS probe. `via`: sent from a probe socket of its own (its address when known, and its port); `None`:
+/// from the listener of the backend's transport.
+fn options(
+    proxy: &Proxy,
+    backend: &Backend,
+    branch: &[u8],
+    cseq: u32,
+    via: Option<(Option<SocketAddr>, u16)>,
+) -> Bytes {
     let t = backend.transport;
-    let host = proxy.settings.advertise_host();
-    let port = proxy.port_for(t);
+    let (host, port) = match via {
+        Some((Some(addr), port)) => (crate::proxy::host_of(addr.ip()), port),
+        Some((None, port)) => (proxy.settings.advertise_host().into_owned(), port),
+        None => (proxy.settings.advertise_host().into_owned(), proxy.port_for(t)),
+    };
     let mut s = String::with_capacity(400);
     let target = match backend.addr {
         std::net::SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),

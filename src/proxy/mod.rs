@@ -47,6 +47,14 @@ pub struct Settings {
     pub token_key: TokenKey,
 }
 
+/// An IP address as written in a Via or URI host: IPv6 in brackets.
+pub fn host_of(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 impl Settings {
     /// The advertised host as written in a Via or URI: IPv6 addresses in brackets.
     pub fn advertise_host(&self) -> std::borrow::Cow<'_, str> {

@@ -20,6 +20,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub(crate) use timers::sleep_opt as sleep_until_opt;
 pub use timers::Timers;
 
 use crate::metrics as m;
