@@ -7,10 +7,13 @@
 //!                         ▲           ACK/response relay,   timers, serial       the advertised address)
 //!                         │           or new transaction)   failover)
 //!                         └──────────── responses, routed back by the Via stack ◄──────────┘
-//!  sip/      pure parsing and building, used by every layer
-//!  config/   the TOML file, validated once
-//!  routing/  the backend list and the policy that picks one
-//!  dialog/   the dialog table the proxy keeps for established calls
+//!  sip/           pure parsing and building, used by every layer
+//!  config/        the TOML file, validated once
+//!  routing/       the backend list and the policy that picks one
+//!  health/        OPTIONS probes and each backend's up/down state; flips are events routing subscribes to
+//!  dialog/        the dialog table: every call's current home backend, re-homed when its PBX fails
+//!  registration/  registered phones' flows (Path), so the PBX reaches phones behind NAT or on TCP
+//!  token.rs       the HMAC'd tokens in our Record-Route and Path
 //! ```
 //!
 //! A request arrives on a [`transport`] listener, is parsed lazily by [`sip::Message::parse`], and handed to

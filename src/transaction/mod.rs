@@ -2,10 +2,11 @@
 //! the server transaction toward the client and the client transaction(s) toward the next hop, their timers and
 //! retransmissions, and serial failover to the next backend.
 //!
-//! Why a task per transaction: its whole life (send, wait for answers or a timer, retransmit, linger) reads as
-//! one linear function, and the timers are plain `sleep_until`s that `tokio::time::pause()` drives in tests.
-//! The reading tasks find a transaction through [`TransactionTable`] and post it a [`TxEvent`]; a transaction
-//! never touches another one's state.
+//! Why a task per transaction: its whole life (send, wait for answers or a timer, retransmit) reads as one
+//! linear function, and the timers are plain `sleep_until`s that `tokio::time::pause()` drives in tests. The
+//! reading tasks find a transaction through [`TransactionTable`] and post it a [`TxEvent`]; a transaction never
+//! touches another one's state. Once answered, a transaction that only absorbs retransmissions (2xx'd INVITE,
+//! completed non-INVITE) ends its task and leaves a tombstone ([`ServerEntry::Done`]) for 64*T1.
 
 mod invite;
 mod non_invite;
