@@ -104,4 +104,5 @@ fn fwd_edit<'a>(rr: &'a [&'a [u8]], pop: usize, source: Option<SocketAddr>) -> F
 
 mod build;
 mod parse;
+mod reject;
 mod round_trip;
