@@ -57,6 +57,16 @@ async fn call(n: &Node, phone: &UdpSocket, pbx: &UdpSocket, contact: &str, id: &
     ok
 }
 
+/// A node with two UDP backends, "pbx1" (preferred) and "pbx2", on these sockets.
+async fn two_pbx_node(preferred: &UdpSocket, standby: &UdpSocket) -> Node {
+    let backends = format!(
+        "{}{}",
+        backend("pbx1", "udp", preferred.local_addr().unwrap(), 1),
+        backend("pbx2", "udp", standby.local_addr().unwrap(), 2)
+    );
+    node(&backends, "").await
+}
+
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
@@ -72,12 +82,7 @@ const PBX_CONTACT: &str = "sip:pbx@127.0.0.99:5099";
 #[tokio::test]
 async fn in_dialog_requests_follow_the_home_backend_and_move_when_it_fails() {
     let (pbx1, pbx2, phone) = (udp_socket().await, udp_socket().await, udp_socket().await);
-    let backends = format!(
-        "{}{}",
-        backend("pbx1", "udp", pbx1.local_addr().unwrap(), 1),
-        backend("pbx2", "udp", pbx2.local_addr().unwrap(), 2)
-    );
-    let n = node(&backends, "").await;
+    let n = two_pbx_node(&pbx1, &pbx2).await;
     let proxy = n.server.proxy.clone();
     let ok = call(&n, &phone, &pbx1, PBX_CONTACT, "d1").await;
     assert_eq!((proxy.dialogs.len(), proxy.dialogs.count_on(0)), (1, 1));
@@ -112,12 +117,7 @@ async fn in_dialog_requests_follow_the_home_backend_and_move_when_it_fails() {
 #[tokio::test]
 async fn a_dialog_missing_from_the_table_is_routed_by_its_token() {
     let (pbx1, pbx2, phone) = (udp_socket().await, udp_socket().await, udp_socket().await);
-    let backends = format!(
-        "{}{}",
-        backend("pbx1", "udp", pbx2.local_addr().unwrap(), 1),
-        backend("pbx2", "udp", pbx1.local_addr().unwrap(), 2)
-    );
-    let n = node(&backends, "").await;
+    let n = two_pbx_node(&pbx2, &pbx1).await;
     let proxy = n.server.proxy.clone();
     // Preferred is the socket named pbx2 here; the call lands there.
     let ok = call(&n, &phone, &pbx2, PBX_CONTACT, "t1").await;
@@ -218,12 +218,7 @@ async fn the_pbx_reaches_a_registered_phone_through_the_path_flow() {
 #[tokio::test]
 async fn a_route_to_the_failed_backend_is_overridden_by_the_dialogs_new_home() {
     let (pbx1, pbx2, phone) = (udp_socket().await, udp_socket().await, udp_socket().await);
-    let backends = format!(
-        "{}{}",
-        backend("pbx1", "udp", pbx1.local_addr().unwrap(), 1),
-        backend("pbx2", "udp", pbx2.local_addr().unwrap(), 2)
-    );
-    let n = node(&backends, "").await;
+    let n = two_pbx_node(&pbx1, &pbx2).await;
     let proxy = n.server.proxy.clone();
     let ok = call(&n, &phone, &pbx1, PBX_CONTACT, "r1").await;
     for _ in 0..3 {

@@ -85,10 +85,11 @@ const FORGED: (u16, &str) = (403, "Forbidden (bad route token)");
 impl Proxy {
     /// Whether a host and port are this node's (the advertised host or a listener address).
     pub(crate) fn is_own(&self, host: &[u8], port: Option<u16>) -> bool {
-        let host_ours = host.eq_ignore_ascii_case(self.settings.advertise.as_bytes())
-            || self.own_addrs.iter().any(|(_, a)| {
-                std::str::from_utf8(host).ok().and_then(|h| h.parse::<std::net::IpAddr>().ok()) == Some(a.ip())
-            });
+        let host_ours = host.eq_ignore_ascii_case(self.settings.advertise.as_bytes()) || {
+            // Parsed once, not once per listener: this runs for every Via and Route we look at.
+            let ip = std::str::from_utf8(host).ok().and_then(|h| h.parse::<std::net::IpAddr>().ok());
+            ip.is_some_and(|ip| self.own_addrs.iter().any(|(_, a)| a.ip() == ip))
+        };
         if !host_ours {
             return false;
         }
