@@ -58,6 +58,19 @@ impl TokenKey {
         out
     }
 
+    /// A 64-bit value only holders of this key can compute from `parts`: every node of a cluster derives the
+    /// same branch for the same client transaction with it.
+    pub fn digest64(&self, parts: &[&[u8]]) -> u64 {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("any key length");
+        m.update(b"branch");
+        for p in parts {
+            m.update(&(p.len() as u32).to_be_bytes());
+            m.update(p);
+        }
+        let full = m.finalize().into_bytes();
+        u64::from_be_bytes(full[..8].try_into().expect("8 bytes"))
+    }
+
     fn seal(&self, payload: &[u8]) -> String {
         let mut s = String::with_capacity((payload.len() + MAC_LEN) * 2);
         for b in payload.iter().chain(self.mac(payload).iter()) {

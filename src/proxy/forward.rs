@@ -14,6 +14,24 @@ use crate::transport::{Source, Target, Transport};
 
 impl Proxy {
     /// A new RFC 3261 branch: magic cookie, this request's loop hash, and a unique part.
+    /// The branch of a client transaction's `attempt`-th try: derived from the client's own branch (RFC 3261
+    /// magic cookie only) and where it came from, under the token key. Every node of a cluster holds that key,
+    /// so a request retransmitted to the node that took over after a crash goes out byte for byte as before and
+    /// the PBX sees a retransmission, not a second request. Other requests get a random branch.
+    pub(crate) fn tx_branch(&self, loop_hash: u32, req: &Message, src: &Source, attempt: usize) -> Bytes {
+        let via = req.top_via();
+        let client = via.as_ref().and_then(|v| v.branch()).filter(|b| b.starts_with(b"z9hG4bK") && b.len() > 7);
+        let Some(client) = client else {
+            return self.new_branch(loop_hash);
+        };
+        let addr = src.remote.to_string();
+        let parts: [&[u8]; 4] = [client, req.method_bytes(), addr.as_bytes(), &(attempt as u32).to_be_bytes()];
+        let h = self.settings.token_key.digest64(&parts);
+        let mut s = String::with_capacity(40);
+        let _ = write!(s, "z9hG4bK{loop_hash:08x}.{h:016x}");
+        Bytes::from(s)
+    }
+
     pub(crate) fn new_branch(&self, loop_hash: u32) -> Bytes {
         let mut s = String::with_capacity(40);
         let _ = write!(s, "z9hG4bK{loop_hash:08x}.{:016x}", self.unique());

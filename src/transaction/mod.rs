@@ -218,7 +218,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// Register a new client branch for this transaction.
     fn new_branch(&mut self) -> Bytes {
-        let b = self.proxy.new_branch(self.plan.loop_hash);
+        let b = self.proxy.tx_branch(self.plan.loop_hash, &self.req, &self.src, self.reg.branches.len());
         self.proxy.txs.add_branch(b.clone(), self.me.clone());
         self.reg.branches.push(b.clone());
         b
