@@ -31,12 +31,15 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The cluster could not start (data dir, peer port, secret, VIP interface).
+    #[error("cluster: {0:#}")]
+    Cluster(anyhow::Error),
 }
 
 impl Error {
     pub fn origin(&self) -> Origin {
         match self {
-            Error::Config(_) | Error::Transport(TransportError::Bind { .. }) => Origin::Internal,
+            Error::Config(_) | Error::Transport(TransportError::Bind { .. }) | Error::Cluster(_) => Origin::Internal,
             Error::Transport(_) => Origin::Upstream,
         }
     }

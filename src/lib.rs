@@ -14,6 +14,8 @@
 //!  dialog/        the dialog table: every call's current home backend, re-homed when its PBX fails
 //!  registration/  registered phones' flows (Path), so the PBX reaches phones behind NAT or on TCP
 //!  token.rs       the HMAC'd tokens in our Record-Route and Path
+//!  cluster/       Raft among the three nodes: replicated tables, leader = active node = VIP holder
+//!  vip/           the cluster's virtual IP on this host (Linux): a process-owned TUN device, gratuitous ARP
 //! ```
 //!
 //! A request arrives on a [`transport`] listener, is parsed lazily by [`sip::Message::parse`], and handed to
@@ -21,6 +23,7 @@
 //! (ACK for a 2xx, stray responses) or gives it to a [`transaction`] task, which forwards it to the backend picked
 //! by [`routing`] and relays the answers back.
 
+pub mod cluster;
 pub mod config;
 pub mod dialog;
 pub mod error;
@@ -34,3 +37,4 @@ pub mod sip;
 pub mod token;
 pub mod transaction;
 pub mod transport;
+pub mod vip;

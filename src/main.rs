@@ -30,6 +30,23 @@ enum Command {
     },
     /// Validate a config file: print a one-line summary, or the key at fault and why.
     CheckConfig { file: PathBuf },
+    /// Show every cluster node's role, term, leader, log position, lag and who holds the VIP.
+    Status {
+        /// Any node's config file (for the peers and the cluster secret).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON-like debug output instead of the table.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Hand leadership and the VIP to another node, gracefully (no call fails).
+    Switchover {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The node id to take over.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +62,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { config, raw } => ctl(&config, |cfg| async move {
+            let all = sipfront::cluster::ctl::statuses(&cfg).await?;
+            if raw {
+                println!("{all:#?}");
+            } else {
+                print!("{}", sipfront::cluster::ctl::render(&all));
+            }
+            Ok(())
+        }),
+        Command::Switchover { config, to } => ctl(&config, |cfg| async move {
+            println!("{}", sipfront::cluster::ctl::switchover(&cfg, to).await?);
+            Ok(())
+        }),
         Command::Run { config } => {
             let cfg = match &config {
                 Some(path) => Config::load(path),
@@ -81,9 +111,39 @@ fn main() -> ExitCode {
     }
 }
 
+/// Run an operator command against the cluster named in a config file.
+fn ctl<F, Fut>(path: &std::path::Path, f: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        // openraft narrates every election at info; its warnings are what an operator needs.
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }

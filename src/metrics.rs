@@ -21,6 +21,19 @@ pub const DIALOGS_REHOMED: &str = "sipfront_dialogs_rehomed_total";
 pub const FORGED_TOKENS: &str = "sipfront_forged_tokens_total";
 pub const OVER_CAPACITY: &str = "sipfront_over_capacity_total";
 pub const FLOWS_ACTIVE: &str = "sipfront_registration_flows";
+pub const DROPPED_STANDBY: &str = "sipfront_standby_dropped_total";
+pub const CLUSTER_EVENTS_DROPPED: &str = "sipfront_cluster_events_dropped_total";
+pub const CLUSTER_EVENTS: &str = "sipfront_cluster_events_total";
+pub const CLUSTER_BATCHES: &str = "sipfront_cluster_batches_total";
+pub const CLUSTER_BAD_FRAMES: &str = "sipfront_cluster_bad_frames_total";
+pub const CLUSTER_ROLE: &str = "sipfront_cluster_is_leader";
+pub const CLUSTER_TERM: &str = "sipfront_cluster_term";
+pub const CLUSTER_LEADER: &str = "sipfront_cluster_leader_id";
+pub const CLUSTER_APPLY_LAG: &str = "sipfront_cluster_apply_lag_seconds";
+pub const CLUSTER_LAG_ENTRIES: &str = "sipfront_cluster_replication_lag_entries";
+pub const VIP_HELD: &str = "sipfront_vip_held";
+pub const VIP_CHANGES: &str = "sipfront_vip_changes_total";
+pub const VIP_GARP_SENT: &str = "sipfront_vip_garp_sent_total";
 
 /// Describe every metric (call once, after a recorder is installed).
 pub fn describe() {
@@ -45,5 +58,18 @@ pub fn describe() {
     describe_counter!(FORGED_TOKENS, "Requests refused 403 for a Record-Route or Path token that failed its check");
     describe_counter!(OVER_CAPACITY, "Requests refused 503 because the dialog or flow table is full, by table");
     describe_gauge!(FLOWS_ACTIVE, "Registration flows in the flow table");
+    describe_counter!(DROPPED_STANDBY, "SIP messages dropped because this node is not serving (not the leader)");
+    describe_counter!(CLUSTER_EVENTS_DROPPED, "Table changes not replicated: the journal queue was full");
+    describe_counter!(CLUSTER_EVENTS, "Table changes proposed to the cluster (leader) or applied (followers), by side");
+    describe_counter!(CLUSTER_BATCHES, "Raft log entries of table changes, by side (proposed, applied)");
+    describe_counter!(CLUSTER_BAD_FRAMES, "Peer frames dropped: bad HMAC, bad length or undecodable, by reason");
+    describe_gauge!(CLUSTER_ROLE, "1 on the Raft leader (the active node), else 0");
+    describe_gauge!(CLUSTER_TERM, "Current Raft term");
+    describe_gauge!(CLUSTER_LEADER, "Node id of the current leader, 0 when none is known");
+    metrics::describe_histogram!(CLUSTER_APPLY_LAG, "Time from a batch's proposal on the leader to its apply here");
+    describe_gauge!(CLUSTER_LAG_ENTRIES, "Log entries a follower is behind the leader, by peer (leader only)");
+    describe_gauge!(VIP_HELD, "1 while this node holds the VIP");
+    describe_counter!(VIP_CHANGES, "VIP acquisitions and releases, by action");
+    describe_counter!(VIP_GARP_SENT, "Gratuitous ARP frames sent for the VIP");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

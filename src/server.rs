@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::Cluster;
 use crate::config::{Config, DialogConfig};
 use crate::dialog::ReapLimits;
 use crate::error::Error;
@@ -22,6 +23,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A running node.
 pub struct Server {
     pub proxy: Arc<Proxy>,
+    /// This node's cluster membership, when `[cluster]` is configured.
+    pub cluster: Option<Cluster>,
     shutdown: CancellationToken,
 }
 
@@ -31,7 +34,16 @@ impl Server {
         let transports =
             Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get()).await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
-        let proxy = Proxy::new(Settings::from_config(cfg)?, transports.clone(), routing);
+        let settings = Settings::from_config(cfg)?;
+        let (proxy, cluster) = if cfg.cluster.is_some() {
+            let (journal, events) = Cluster::journal();
+            let proxy = Proxy::with_journal(settings, transports.clone(), routing, journal.clone());
+            proxy.set_active(false);
+            let cluster = Cluster::start(cfg, proxy.clone(), journal, events).await.map_err(Error::Cluster)?;
+            (proxy, Some(cluster))
+        } else {
+            (Proxy::new(settings, transports.clone(), routing), None)
+        };
         transports.start(Arc::new(ProxyInbound(proxy.clone())), &shutdown);
         crate::health::probe::start(proxy.clone(), shutdown.child_token());
         tokio::spawn(rehome_on_failure(proxy.clone(), shutdown.child_token()));
@@ -39,7 +51,7 @@ impl Server {
         for (t, a) in transports.local_addrs() {
             tracing::info!(transport = %t, addr = %a, "listening");
         }
-        Ok(Server { proxy, shutdown })
+        Ok(Server { proxy, cluster, shutdown })
     }
 
     /// The listener addresses actually bound (port 0 resolved).
@@ -49,6 +61,9 @@ impl Server {
 
     /// Stop reading, then wait (bounded) for open transactions to finish their answers.
     pub async fn shutdown(self) {
+        if let Some(c) = self.cluster {
+            c.shutdown().await; // a leader hands the VIP and leadership over first
+        }
         self.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.proxy.txs.active() > 0 && tokio::time::Instant::now() < deadline {
@@ -72,7 +87,7 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        if ev.state != BackendState::Down {
+        if ev.state != BackendState::Down || !proxy.is_active() {
             continue;
         }
         let Some(survivor) = proxy.backend_order().into_iter().find(|&b| b != ev.backend && proxy.health.is_up(b))
@@ -112,7 +127,8 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
         if round % 10 != 0 {
             continue; // the tables below are walked whole: every 10 s is plenty for limits in minutes
         }
-        let dialogs = proxy.dialogs.reap(&limits);
+        // Flows expire by the clock on every node; dialogs are reaped by the serving node, which replicates it.
+        let dialogs = if proxy.is_active() { proxy.dialogs.reap(&limits) } else { 0 };
         let flows = proxy.flows.reap();
         if dialogs + flows > 0 {
             tracing::info!(dialogs, flows, "reaped expired dialogs and registrations");

@@ -3,6 +3,7 @@
 //!
 //! This module only reads and checks; it never opens a socket.
 
+mod cluster;
 mod duration;
 mod ha;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cluster::{ClusterConfig, PeerConfig, VipConfig, VipMode};
 pub use duration::{parse_duration, ConfigDuration};
 pub use ha::{DialogConfig, HealthConfig, RegistrationConfig};
 
@@ -52,6 +54,11 @@ pub struct Config {
     pub dialogs: DialogConfig,
     #[serde(default)]
     pub registrations: RegistrationConfig,
+    /// `[cluster]`: absent, the node runs alone and always serves.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    #[serde(default)]
+    pub vip: VipConfig,
     /// `[[backend]]` tables: the PBXs, in any order (priority decides).
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -285,11 +292,15 @@ impl BackendConfig {
 
 /// Read a secret file: at least 16 bytes once surrounding whitespace is trimmed.
 pub fn read_secret(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    let bytes =
-        std::fs::read(path).map_err(|e| invalid("sip.secret_file", format!("cannot read {}: {e}", path.display())))?;
+    read_secret_for("sip.secret_file", path)
+}
+
+/// Read a secret file named by config key `key` (errors name that key).
+pub fn read_secret_for(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?;
     let trimmed = bytes.trim_ascii();
     if trimmed.len() < 16 {
-        return Err(invalid("sip.secret_file", format!("{} holds fewer than 16 bytes", path.display())));
+        return Err(invalid(key, format!("{} holds fewer than 16 bytes", path.display())));
     }
     Ok(trimmed.to_vec())
 }
@@ -388,6 +399,13 @@ impl Config {
         }
         if self.registrations.max_flows == 0 {
             return Err(invalid("registrations.max_flows", "must be at least 1"));
+        }
+        if let Some(c) = &self.cluster {
+            c.validate(self.node.id)?;
+        }
+        self.vip.validate()?;
+        if self.vip.mode != VipMode::None && self.cluster.is_none() {
+            return Err(invalid("vip.mode", "a VIP moves between cluster nodes: add a [cluster] section"));
         }
         if self.backends.is_empty() {
             return Err(invalid("backend", "at least one [[backend]] is needed"));

@@ -16,6 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use crate::cluster::event::{DialogRecord, Event, Journal};
 use crate::metrics as m;
 use crate::transport::Target;
 
@@ -34,6 +35,15 @@ impl DialogId {
         b.put_u8(0);
         b.put_slice(hi);
         DialogId(b.freeze())
+    }
+
+    /// The key as it travels between nodes.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn from_bytes(b: Bytes) -> DialogId {
+        DialogId(b)
     }
 
     /// The Call-ID part.
@@ -96,6 +106,8 @@ pub struct DialogTable {
     /// Cheap count for the cap and the gauge; DashMap::len walks every shard.
     count: AtomicUsize,
     epoch: Instant,
+    /// Confirmed dialogs' changes go to the cluster through it (disabled on a standalone node).
+    journal: Journal,
 }
 
 impl Default for DialogTable {
@@ -110,7 +122,12 @@ fn backend_u16(b: Option<usize>) -> u16 {
 
 impl DialogTable {
     pub fn new() -> DialogTable {
-        DialogTable { map: DashMap::new(), count: AtomicUsize::new(0), epoch: Instant::now() }
+        DialogTable::with_journal(Journal::default())
+    }
+
+    /// A table whose confirmed dialogs' changes are replicated through `journal`.
+    pub fn with_journal(journal: Journal) -> DialogTable {
+        DialogTable { map: DashMap::new(), count: AtomicUsize::new(0), epoch: Instant::now(), journal }
     }
 
     fn now(&self) -> u32 {
@@ -166,16 +183,22 @@ impl DialogTable {
     pub fn confirm(&self, id: DialogId, n: &NewDialog, route_set: Option<Bytes>) {
         let now = self.now();
         if let Some(mut d) = self.map.get_mut(&id) {
+            d.last_activity = now;
             if d.state == DialogState::Early {
                 d.state = DialogState::Confirmed;
                 d.confirmed = now;
                 d.route_set = route_set;
+                if self.journal.enabled() {
+                    self.journal.record(Event::DialogUp(record(&id, &d, now)));
+                }
             }
-            d.last_activity = now;
             return;
         }
         let mut d = self.fresh(DialogState::Confirmed, n);
         d.route_set = route_set;
+        if self.journal.enabled() {
+            self.journal.record(Event::DialogUp(record(&id, &d, now)));
+        }
         self.insert_if_new(id, d);
     }
 
@@ -200,12 +223,20 @@ impl DialogTable {
     pub fn set_home(&self, id: &DialogId, backend: usize) {
         if let Some(mut d) = self.map.get_mut(id) {
             d.home = backend_u16(Some(backend));
+            if d.state != DialogState::Early {
+                self.journal.record(Event::DialogHome { id: id.0.clone(), home: d.home });
+            }
         }
     }
 
     /// Move every dialog homed on `from` to `to`; returns how many moved.
     pub fn rehome(&self, from: usize, to: usize) -> usize {
         let (from, to) = (backend_u16(Some(from)), backend_u16(Some(to)));
+        self.journal.record(Event::Rehome { from, to });
+        self.rehome_quiet(from, to)
+    }
+
+    fn rehome_quiet(&self, from: u16, to: u16) -> usize {
         let mut moved = 0;
         for mut d in self.map.iter_mut() {
             if d.home == from {
@@ -224,6 +255,14 @@ impl DialogTable {
 
     /// BYE answered, INVITE failed, or 481: the dialog is gone.
     pub fn remove(&self, id: &DialogId) -> Option<Dialog> {
+        let d = self.remove_quiet(id);
+        if d.as_ref().is_some_and(|d| d.state != DialogState::Early) {
+            self.journal.record(Event::DialogGone { id: id.0.clone() });
+        }
+        d
+    }
+
+    fn remove_quiet(&self, id: &DialogId) -> Option<Dialog> {
         let d = self.map.remove(id).map(|(_, d)| d);
         if d.is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
@@ -256,7 +295,7 @@ impl DialogTable {
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let (max_call, idle) = (secs(limits.max_call), secs(limits.idle));
         let (terminated, early) = (secs(limits.terminated), secs(limits.early));
-        self.retain(|_, d| {
+        self.retain(|id, d| {
             let age = now.saturating_sub(d.created);
             let quiet = now.saturating_sub(d.last_activity);
             let stale = match d.state {
@@ -264,8 +303,91 @@ impl DialogTable {
                 DialogState::Confirmed => false,
                 DialogState::Terminated => quiet >= terminated,
             };
-            age < max_call && quiet < idle && !stale
+            let keep = age < max_call && quiet < idle && !stale;
+            if !keep && d.state != DialogState::Early {
+                self.journal.record(Event::DialogGone { id: id.0.clone() });
+            }
+            keep
         })
+    }
+
+    /// Every dialog the cluster replicates (early ones are not: their INVITE transaction cannot move anyway).
+    pub fn export(&self) -> Vec<DialogRecord> {
+        let now = self.now();
+        self.map.iter().filter(|d| d.state != DialogState::Early).map(|e| record(e.key(), e.value(), now)).collect()
+    }
+
+    /// Apply a replicated change from another node (nothing is journaled back).
+    pub fn apply(&self, ev: &Event) {
+        match ev {
+            Event::DialogUp(r) => {
+                let id = DialogId(r.id.clone());
+                let d = self.dialog_of(r);
+                if self.map.insert(id, d).is_none() {
+                    self.count.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);
+                }
+            }
+            Event::DialogHome { id, home } => {
+                if let Some(mut d) = self.map.get_mut(&DialogId(id.clone())) {
+                    d.home = *home;
+                }
+            }
+            Event::Rehome { from, to } => {
+                self.rehome_quiet(*from, *to);
+            }
+            Event::DialogGone { id } => {
+                self.remove_quiet(&DialogId(id.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace the whole table with a snapshot's dialogs.
+    pub fn replace_all(&self, records: &[DialogRecord]) {
+        self.retain(|_, _| false);
+        for r in records {
+            self.apply(&Event::DialogUp(r.clone()));
+        }
+    }
+
+    /// A node taking over: count every dialog as active from now, so the idle limit starts afresh (the last
+    /// requests went through the old leader, which did not replicate each one).
+    pub fn refresh_activity(&self) {
+        let now = self.now();
+        for mut d in self.map.iter_mut() {
+            d.last_activity = d.last_activity.max(now);
+        }
+    }
+
+    fn dialog_of(&self, r: &DialogRecord) -> Dialog {
+        let now = self.now();
+        let created = now.saturating_sub(r.age);
+        Dialog {
+            state: if r.terminated { DialogState::Terminated } else { DialogState::Confirmed },
+            home: r.home,
+            client: r.client.map(Into::into),
+            route_set: r.route_set.clone(),
+            caller_cseq: r.caller_cseq,
+            callee_cseq: r.callee_cseq,
+            created,
+            confirmed: created,
+            last_activity: now.saturating_sub(r.quiet),
+        }
+    }
+}
+
+fn record(id: &DialogId, d: &Dialog, now: u32) -> DialogRecord {
+    DialogRecord {
+        id: id.0.clone(),
+        terminated: d.state == DialogState::Terminated,
+        home: d.home,
+        client: d.client.map(Into::into),
+        route_set: d.route_set.clone(),
+        caller_cseq: d.caller_cseq,
+        callee_cseq: d.callee_cseq,
+        age: now.saturating_sub(d.created),
+        quiet: now.saturating_sub(d.last_activity),
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
+use crate::cluster::event::{Event, Journal};
 use crate::config::HealthConfig;
 use crate::metrics as m;
 
@@ -59,6 +60,13 @@ impl Tracker {
 
     pub fn state(&self) -> BackendState {
         self.state
+    }
+
+    /// Take a state decided elsewhere (another node's probes); the runs start over.
+    pub fn force(&mut self, state: BackendState) {
+        self.state = state;
+        self.oks = 0;
+        self.fails = 0;
     }
 
     /// Record one result; the new state when this result flips it.
@@ -117,10 +125,16 @@ pub struct Health {
     pub pending: probe::PendingProbes,
     events: broadcast::Sender<HealthEvent>,
     pub config: HealthConfig,
+    /// Flips go to the cluster through it (disabled on a standalone node).
+    journal: Journal,
 }
 
 impl Health {
     pub fn new(names: &[String], config: HealthConfig) -> Health {
+        Health::with_journal(names, config, Journal::default())
+    }
+
+    pub fn with_journal(names: &[String], config: HealthConfig, journal: Journal) -> Health {
         let slots = names
             .iter()
             .map(|n| Slot {
@@ -134,7 +148,7 @@ impl Health {
                 }),
             })
             .collect();
-        Health { slots, pending: Default::default(), events: broadcast::channel(256).0, config }
+        Health { slots, pending: Default::default(), events: broadcast::channel(256).0, config, journal }
     }
 
     pub fn len(&self) -> usize {
@@ -195,7 +209,36 @@ impl Health {
             tracing::info!(backend = %slot.name, state = %state.as_str(), reason = why.unwrap_or("probes answer"), "backend state changed");
             slot.state.send_replace(state);
             let _ = self.events.send(HealthEvent { backend, state, at: Instant::now() });
+            if let Ok(index) = u16::try_from(backend) {
+                self.journal.record(Event::Backend { index, up: state == BackendState::Up });
+            }
         }
+    }
+
+    /// A state another node decided (replicated): taken as is, without an event (the dialogs' re-homing is
+    /// replicated on its own).
+    pub fn apply(&self, backend: usize, state: BackendState) {
+        let Some(slot) = self.slots.get(backend) else { return };
+        {
+            let mut inner = slot.inner.lock().expect("health lock");
+            if inner.tracker.state() == state {
+                return;
+            }
+            inner.tracker.force(state);
+            inner.last_change = Some(Instant::now());
+        }
+        metrics::gauge!(m::BACKEND_UP, "backend" => slot.name.clone()).set(if state == BackendState::Up {
+            1.0
+        } else {
+            0.0
+        });
+        tracing::info!(backend = %slot.name, state = %state.as_str(), "backend state replicated");
+        slot.state.send_replace(state);
+    }
+
+    /// Every backend's up/down, for a snapshot.
+    pub fn export(&self) -> Vec<(u16, bool)> {
+        (0..self.slots.len()).filter_map(|i| Some((u16::try_from(i).ok()?, self.is_up(i)))).collect()
     }
 
     /// The state of every backend, for the admin surface.

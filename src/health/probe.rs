@@ -68,6 +68,9 @@ pub fn start(proxy: Arc<Proxy>, shutdown: CancellationToken) {
                     _ = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                if !proxy.is_active() {
+                    continue; // a standby does not probe; the leader's verdicts reach it replicated
+                }
                 cseq = cseq.wrapping_add(1);
                 // A probe may outlive the interval (timeout > interval); each runs on its own.
                 tokio::spawn(probe_once(proxy.clone(), index, cseq));
@@ -101,6 +104,15 @@ async fn probe_once(proxy: Arc<Proxy>, index: usize, cseq: u32) {
     }
 }
 
+/// A socket on the listener's address (free-bound: on a cluster that is the VIP, which a standby lacks).
+fn probe_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    s.set_nonblocking(true)?;
+    crate::transport::set_freebind(&s, addr)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// A UDP backend's prober: its own connected socket, so a dead PBX process shows as port unreachable at once.
 async fn udp_prober(proxy: Arc<Proxy>, index: usize, shutdown: CancellationToken) {
     let backend = proxy.routing.backends()[index].clone();
@@ -109,7 +121,7 @@ async fn udp_prober(proxy: Arc<Proxy>, index: usize, shutdown: CancellationToken
         SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
         SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
     });
-    let sock = match UdpSocket::bind((local, 0)).await {
+    let sock = match probe_socket(SocketAddr::new(local, 0)) {
         Ok(s) if s.connect(backend.addr).await.is_ok() => s,
         _ => {
             tracing::warn!(backend = %backend.name, "cannot open a probe socket; backend not probed");
@@ -133,6 +145,10 @@ async fn udp_prober(proxy: Arc<Proxy>, index: usize, shutdown: CancellationToken
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
+                if !proxy.is_active() {
+                    pending.clear(); // a standby does not probe; the leader's verdicts reach it replicated
+                    continue;
+                }
                 cseq = cseq.wrapping_add(1);
                 let branch = proxy.new_branch(0);
                 let msg = options(&proxy, &backend, &branch, cseq, Some((via_host, me.port())));

@@ -21,6 +21,7 @@ pub use forward::resolve;
 pub use plan::{Hop, HopAddr, Plan};
 pub use stats::{Stats, StatsSnapshot};
 
+use crate::cluster::event::Journal;
 use crate::config::{Config, ConfigError, DialogConfig, HealthConfig};
 use crate::dialog::DialogTable;
 use crate::health::Health;
@@ -67,9 +68,16 @@ impl Settings {
 
     /// Settings from a validated config; reads the token secret file when one is named.
     pub fn from_config(cfg: &Config) -> Result<Settings, ConfigError> {
-        let token_key = match &cfg.sip.secret_file {
-            Some(path) => TokenKey::from_secret(&crate::config::read_secret(path)?),
-            None => TokenKey::random(),
+        // Every node of a cluster must accept the others' tokens: without a secret of its own, the key comes
+        // from the cluster's.
+        let token_key = match (&cfg.sip.secret_file, &cfg.cluster) {
+            (Some(path), _) => TokenKey::from_secret(&crate::config::read_secret(path)?),
+            (None, Some(c)) => {
+                let mut s = b"sipfront sip tokens\0".to_vec();
+                s.extend(crate::config::read_secret_for("cluster.secret_file", &c.secret_file)?);
+                TokenKey::from_secret(&s)
+            }
+            (None, None) => TokenKey::random(),
         };
         Ok(Settings {
             node_id: cfg.node.id,
@@ -116,10 +124,17 @@ pub struct Proxy {
     /// Per-process random part of branches and tags, so a restarted node never reuses one.
     instance: u64,
     seq: AtomicU64,
+    /// Serving: always on a standalone node; on a cluster only while this node leads and holds the VIP.
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
     pub fn new(settings: Settings, transports: Transports, routing: Routing) -> Arc<Proxy> {
+        Proxy::with_journal(settings, transports, routing, Journal::default())
+    }
+
+    /// A proxy whose tables replicate their changes through `journal` (a cluster member).
+    pub fn with_journal(settings: Settings, transports: Transports, routing: Routing, journal: Journal) -> Arc<Proxy> {
         let udp_port = transports.local_addr(Transport::Udp).map(|a| a.port());
         let tcp_port = transports.local_addr(Transport::Tcp).map(|a| a.port());
         let instance = {
@@ -132,20 +147,30 @@ impl Proxy {
         };
         let names: Vec<String> = routing.backends().iter().map(|b| b.name.clone()).collect();
         Arc::new(Proxy {
-            health: Health::new(&names, settings.health.clone()),
-            flows: FlowTable::new(settings.max_flows),
+            health: Health::with_journal(&names, settings.health.clone(), journal.clone()),
+            flows: FlowTable::with_journal(settings.max_flows, journal.clone()),
             settings,
             own_addrs: transports.local_addrs(),
             transports,
             routing,
-            dialogs: DialogTable::new(),
+            dialogs: DialogTable::with_journal(journal),
             txs: TransactionTable::new(),
             stats: Stats::default(),
             udp_port,
             tcp_port,
             instance,
             seq: AtomicU64::new(1),
+            active: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// Whether this node serves SIP now (a standby drops what reaches it, and does not probe).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn set_active(&self, on: bool) {
+        self.active.store(on, Ordering::Relaxed);
     }
 
     /// The listener port we advertise for a transport.
@@ -177,6 +202,10 @@ impl Proxy {
     }
 
     fn handle(self: &Arc<Self>, data: Bytes, src: Source) -> Verdict {
+        if !self.is_active() {
+            metrics::counter!(crate::metrics::DROPPED_STANDBY).increment(1);
+            return Verdict::Accepted;
+        }
         let msg = match Message::parse(data.clone()) {
             Ok(msg) => msg,
             Err(e) => return self.on_malformed(data, e, src),

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+use crate::cluster::event::{Event, FlowRecord, Journal};
 use crate::sip::{find_param, parse_name_addr, HeaderName, Message};
 use crate::transport::Target;
 
@@ -30,11 +31,17 @@ pub struct FlowTable {
     map: DashMap<Bytes, Binding>,
     count: AtomicUsize,
     max: usize,
+    /// Bindings and removals go to the cluster through it (disabled on a standalone node).
+    journal: Journal,
 }
 
 impl FlowTable {
     pub fn new(max: usize) -> FlowTable {
-        FlowTable { map: DashMap::new(), count: AtomicUsize::new(0), max }
+        FlowTable::with_journal(max, Journal::default())
+    }
+
+    pub fn with_journal(max: usize, journal: Journal) -> FlowTable {
+        FlowTable { map: DashMap::new(), count: AtomicUsize::new(0), max, journal }
     }
 
     pub fn len(&self) -> usize {
@@ -56,7 +63,18 @@ impl FlowTable {
             self.unbind(&token);
             return;
         }
-        let b = Binding { flow, aor, expires: Instant::now() + ttl };
+        if self.journal.enabled() {
+            self.journal.record(Event::FlowUp(FlowRecord {
+                token: token.clone(),
+                flow: flow.into(),
+                aor: aor.clone(),
+                ttl_ms: ttl.as_millis() as u64,
+            }));
+        }
+        self.insert(token, Binding { flow, aor, expires: Instant::now() + ttl });
+    }
+
+    fn insert(&self, token: Bytes, b: Binding) {
         if self.map.insert(token, b).is_none() {
             self.count.fetch_add(1, Ordering::Relaxed);
             metrics::gauge!(crate::metrics::FLOWS_ACTIVE).increment(1.0);
@@ -64,9 +82,57 @@ impl FlowTable {
     }
 
     pub fn unbind(&self, token: &[u8]) {
-        if self.map.remove(token).is_some() {
+        if self.remove_quiet(token) {
+            self.journal.record(Event::FlowGone { token: Bytes::copy_from_slice(token) });
+        }
+    }
+
+    fn remove_quiet(&self, token: &[u8]) -> bool {
+        let gone = self.map.remove(token).is_some();
+        if gone {
             self.count.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(crate::metrics::FLOWS_ACTIVE).decrement(1.0);
+        }
+        gone
+    }
+
+    /// Every live binding, for a snapshot.
+    pub fn export(&self) -> Vec<FlowRecord> {
+        let now = Instant::now();
+        self.map
+            .iter()
+            .filter(|b| b.expires > now)
+            .map(|b| FlowRecord {
+                token: b.key().clone(),
+                flow: b.flow.into(),
+                aor: b.aor.clone(),
+                ttl_ms: (b.expires - now).as_millis() as u64,
+            })
+            .collect()
+    }
+
+    /// Apply a replicated change from another node (nothing is journaled back).
+    pub fn apply(&self, ev: &Event) {
+        match ev {
+            Event::FlowUp(r) => {
+                let expires = Instant::now() + Duration::from_millis(r.ttl_ms);
+                self.insert(r.token.clone(), Binding { flow: r.flow.into(), aor: r.aor.clone(), expires });
+            }
+            Event::FlowGone { token } => {
+                self.remove_quiet(token);
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace every binding with a snapshot's.
+    pub fn replace_all(&self, records: &[FlowRecord]) {
+        let tokens: Vec<Bytes> = self.map.iter().map(|b| b.key().clone()).collect();
+        for t in tokens {
+            self.remove_quiet(&t);
+        }
+        for r in records {
+            self.apply(&Event::FlowUp(r.clone()));
         }
     }
 

@@ -235,3 +235,15 @@ impl Transports {
         udp.iter().find(|u| u.local_addr().is_ipv4() == to.is_ipv4()).or_else(|| udp.first())
     }
 }
+
+/// IP_FREEBIND (IPV6_FREEBIND): listeners bind the VIP before this node holds it, so a standby is ready the
+/// moment it takes over, and every reply leaves from the VIP. Harmless for an address the host has.
+pub(crate) fn set_freebind(s: &socket2::Socket, addr: SocketAddr) -> std::io::Result<()> {
+    if addr.ip().is_unspecified() {
+        return Ok(());
+    }
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true),
+        SocketAddr::V6(_) => s.set_freebind_v6(true),
+    }
+}

@@ -99,12 +99,23 @@ struct PoolInner {
     shutdown: OnceLock<CancellationToken>,
 }
 
+/// A listening socket that may bind an address this host does not have yet (the VIP on a standby).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    super::set_freebind(&s, addr)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    TcpListener::from_std(s.into())
+}
+
 impl TcpPool {
     pub async fn bind(addrs: &[SocketAddr], max_message: usize, idle: Duration) -> Result<TcpPool, TransportError> {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for &addr in addrs {
-            let l = TcpListener::bind(addr).await.map_err(|source| TransportError::Bind { addr, source })?;
+            let l = bind_listener(addr).map_err(|source| TransportError::Bind { addr, source })?;
             local_addrs.push(l.local_addr().map_err(|source| TransportError::Bind { addr, source })?);
             listeners.push(l);
         }

@@ -30,6 +30,7 @@ impl UdpListener {
         let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
         let _ = s.set_send_buffer_size(SOCKET_BUFFER);
         s.set_nonblocking(true).map_err(bind_err)?;
+        super::set_freebind(&s, addr).map_err(bind_err)?;
         s.bind(&addr.into()).map_err(bind_err)?;
         let socket = UdpSocket::from_std(s.into()).map_err(bind_err)?;
         let local = socket.local_addr().map_err(bind_err)?;

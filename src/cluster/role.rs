@@ -1,0 +1,269 @@
+//! Leadership is the active role is the VIP. Every 20 ms (and on every Raft metrics change) the role loop asks:
+//! is this node the leader, has a quorum acknowledged a heartbeat it sent less than `hold_lease` (2/3 of the
+//! election timeout) ago, has it applied everything up to its own term's first entry, and is no switchover
+//! under way? Then it holds the VIP and serves; otherwise it stops serving first and releases the VIP.
+//!
+//! A follower needs the leader silent for a whole election timeout before it may vote for anyone else, so the
+//! old leader has let go before a new one can exist. A switchover releases first and transfers after.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::config::{VipConfig, VipMode};
+use crate::metrics as m;
+use crate::vip::{LinuxVip, LinuxVipSpec};
+
+/// How often the role is re-evaluated without a metrics change.
+const TICK: Duration = Duration::from_millis(20);
+/// How often "no leader" is logged while it lasts.
+const NO_LEADER_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Where the VIP lives.
+pub enum Vip {
+    /// Nothing to move (tests on loopback, or a load balancer in front).
+    None,
+    Linux(LinuxVip),
+}
+
+impl Vip {
+    pub fn from_config(cfg: &VipConfig) -> anyhow::Result<Vip> {
+        match cfg.mode {
+            VipMode::None => Ok(Vip::None),
+            VipMode::Linux => {
+                let (address, prefix_len) = cfg.parsed()?;
+                let spec = LinuxVipSpec {
+                    address,
+                    prefix_len,
+                    interface: cfg.interface.clone().unwrap_or_default(),
+                    device: cfg.device.clone(),
+                    garp_count: cfg.garp_count,
+                    garp_interval: cfg.garp_interval.get(),
+                };
+                Ok(Vip::Linux(LinuxVip::new(spec).map_err(|e| anyhow::anyhow!("vip: {e}"))?))
+            }
+        }
+    }
+
+    async fn acquire(&mut self) -> Result<(), String> {
+        match self {
+            Vip::None => Ok(()),
+            Vip::Linux(v) => v.acquire().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn release(&mut self) -> Result<(), String> {
+        match self {
+            Vip::None => Ok(()),
+            Vip::Linux(v) => v.release().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    fn remove_stale(&self) {
+        if let Vip::Linux(v) = self {
+            match v.remove_stale() {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(removed = n, "removed a stale VIP left on this host"),
+                Err(e) => tracing::error!(error = %e, "cannot check for a stale VIP"),
+            }
+        }
+    }
+}
+
+/// Why this node should not serve now, or `None` when it should.
+fn hold_verdict(shared: &Shared, m: &openraft::RaftMetrics<super::TypeConfig>, now: Instant) -> Option<String> {
+    if m.state != ServerState::Leader || m.current_leader != Some(shared.id) {
+        return Some(match m.current_leader {
+            Some(l) => format!("follower of node {l}"),
+            None => "no leader: a quorum of nodes is not reachable".into(),
+        });
+    }
+    if let Some(until) = *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) {
+        if now < until {
+            return Some("handing leadership over (switchover)".into());
+        }
+    }
+    // The age is computed here, from the instant: the metrics are not re-sent while nothing changes, and a
+    // partitioned leader sees no change at all.
+    match m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&(*t).into_inner())) {
+        Some(age) if age < shared.hold_lease => {}
+        Some(age) => return Some(format!("leader without a quorum: last acknowledged {} ms ago", age.as_millis())),
+        None => return Some("leader waiting for a quorum's first acknowledgement".into()),
+    }
+    let caught_up = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+    if !caught_up {
+        return Some("leader applying the log before serving".into());
+    }
+    None
+}
+
+/// The role loop: take or release the VIP and the serving role as [`hold_verdict`] says, until `stop`.
+pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: CancellationToken) {
+    vip.remove_stale();
+    let mut watch = shared.raft.metrics();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held = false;
+    let mut last_log: Option<(String, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+            r = watch.changed() => if r.is_err() { break },
+        }
+        let mm = watch.borrow_watched().clone();
+        let now = Instant::now();
+        let why_not = hold_verdict(&shared, &mm, now);
+        metrics::gauge!(m::CLUSTER_TERM).set(mm.current_term as f64);
+        metrics::gauge!(m::CLUSTER_LEADER).set(mm.current_leader.unwrap_or(0) as f64);
+        metrics::gauge!(m::CLUSTER_ROLE).set(if mm.state == ServerState::Leader { 1.0 } else { 0.0 });
+        if let Some(r) = &mm.replication {
+            let last = mm.last_log_index.unwrap_or(0);
+            for (id, matched) in r.iter().filter(|(id, _)| **id != shared.id) {
+                let behind = matched.as_ref().map_or(last, |l| last.saturating_sub(l.index));
+                metrics::gauge!(m::CLUSTER_LAG_ENTRIES, "peer" => id.to_string()).set(behind as f64);
+            }
+        }
+        match (&why_not, held) {
+            (None, false) => {
+                let t0 = Instant::now();
+                match vip.acquire().await {
+                    Ok(()) => {
+                        held = true;
+                        shared.vip_held.store(true, Ordering::Relaxed);
+                        shared.proxy.dialogs.refresh_activity();
+                        shared.proxy.set_active(true);
+                        metrics::gauge!(m::VIP_HELD).set(1.0);
+                        metrics::counter!(m::VIP_CHANGES, "action" => "acquire").increment(1);
+                        tracing::info!(
+                            term = mm.current_term,
+                            dialogs = shared.proxy.dialogs.len(),
+                            took_ms = t0.elapsed().as_millis() as u64,
+                            "leader: took the VIP, serving"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "leader cannot take the VIP; retrying");
+                    }
+                }
+            }
+            (Some(why), true) => {
+                shared.proxy.set_active(false);
+                let r = vip.release().await;
+                held = false;
+                shared.vip_held.store(false, Ordering::Relaxed);
+                metrics::gauge!(m::VIP_HELD).set(0.0);
+                metrics::counter!(m::VIP_CHANGES, "action" => "release").increment(1);
+                match r {
+                    Ok(()) => tracing::warn!(reason = %why, term = mm.current_term, "released the VIP, not serving"),
+                    Err(e) => tracing::error!(reason = %why, error = %e, "cannot release the VIP"),
+                }
+            }
+            _ => {}
+        }
+        *shared.why_not.lock().unwrap_or_else(|p| p.into_inner()) = why_not.clone();
+        if let Some(why) = why_not.filter(|_| mm.current_leader.is_none()) {
+            let due = last_log.as_ref().is_none_or(|(w, at)| *w != why || at.elapsed() >= NO_LEADER_LOG_EVERY);
+            if due {
+                tracing::warn!(term = mm.current_term, state = ?mm.state, "{why}");
+                last_log = Some((why, now));
+            }
+        } else {
+            last_log = None;
+        }
+    }
+    if held {
+        shared.proxy.set_active(false);
+        if let Err(e) = vip.release().await {
+            tracing::error!(error = %e, "cannot release the VIP at shutdown");
+        }
+        shared.vip_held.store(false, Ordering::Relaxed);
+        metrics::gauge!(m::VIP_HELD).set(0.0);
+        tracing::info!("released the VIP at shutdown");
+    }
+}
+
+/// Wait until the role loop has let go of the VIP (bounded).
+async fn wait_released(shared: &Shared, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while shared.vip_held.load(Ordering::Relaxed) || shared.proxy.is_active() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// Hand leadership to node `to`: stop serving and release the VIP here first, then transfer, then wait until
+/// `to` leads. On failure this node takes the role back.
+pub async fn switchover(shared: &Shared, to: u64) -> Result<String, String> {
+    let mm = shared.raft.metrics().borrow_watched().clone();
+    if mm.current_leader != Some(shared.id) {
+        return Err(match mm.current_leader {
+            Some(l) => format!("node {} is not the leader; node {l} is", shared.id),
+            None => format!("node {} is not the leader and no leader is known", shared.id),
+        });
+    }
+    if to == shared.id {
+        return Ok(format!("node {to} already leads"));
+    }
+    if !shared.peers.iter().any(|(id, _)| *id == to) {
+        return Err(format!("node {to} is not a cluster member"));
+    }
+    let t0 = Instant::now();
+    let window = shared.election_timeout * 10;
+    *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + window);
+    let release_by = Duration::from_millis(500);
+    if !wait_released(shared, release_by).await {
+        *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        return Err("could not release the VIP in time".into());
+    }
+    tracing::info!(to, "switchover: VIP released, transferring leadership");
+    if let Err(e) = shared.raft.trigger().transfer_leader(to).await {
+        *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        return Err(format!("transfer failed: {e}"));
+    }
+    let mut watch = shared.raft.metrics();
+    let led = tokio::time::timeout(window, async {
+        loop {
+            if watch.borrow_watched().current_leader == Some(to) {
+                return;
+            }
+            if watch.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    match led {
+        Ok(()) if shared.raft.metrics().borrow_watched().current_leader == Some(to) => {
+            let ms = t0.elapsed().as_millis();
+            tracing::info!(to, ms = ms as u64, "switchover done");
+            Ok(format!("node {to} leads now ({ms} ms)"))
+        }
+        _ => Err(format!("node {to} did not take over within {window:?}; this node keeps the role")),
+    }
+}
+
+/// At shutdown: a leader hands over to the peer that is furthest along, so a planned restart costs nothing.
+pub async fn step_down(shared: &Shared) {
+    let mm = shared.raft.metrics().borrow_watched().clone();
+    if mm.current_leader != Some(shared.id) {
+        return;
+    }
+    let best = mm.replication.as_ref().and_then(|r| {
+        r.iter().filter(|(id, _)| **id != shared.id).max_by_key(|(_, l)| l.as_ref().map(|l| l.index)).map(|(id, _)| *id)
+    });
+    let Some(to) = best else { return };
+    match switchover(shared, to).await {
+        Ok(msg) => tracing::info!("shutdown: {msg}"),
+        Err(e) => tracing::warn!("shutdown: could not hand over: {e}"),
+    }
+}
