@@ -438,7 +438,7 @@ impl Config {
     /// The one-line summary printed by `check-config`.
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.sip.listen.iter().map(|l| l.to_string()).collect();
-        format!(
+        let mut s = format!(
             "ok: node {} ({}), listen {}, advertise {}, {} backend(s), policy {:?}",
             self.node.id,
             self.node.name,
@@ -446,7 +446,14 @@ impl Config {
             self.sip.advertise,
             self.backends.len(),
             self.routing.policy
-        )
+        );
+        if let Some(c) = &self.cluster {
+            s.push_str(&format!(", cluster of {} (peers on {})", c.peers.len(), c.listen));
+        }
+        if let (VipMode::Linux, Some(a)) = (self.vip.mode, &self.vip.address) {
+            s.push_str(&format!(", vip {a} on {}", self.vip.interface.as_deref().unwrap_or("?")));
+        }
+        s
     }
 }
 

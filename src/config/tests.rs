@@ -14,6 +14,54 @@ name = "pbx"
 uri = "sip:127.0.0.1:5080"
 "#;
 
+/// A 32-byte secret in a temp file, for configs with a `[cluster]`.
+fn secret_file() -> String {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let p = std::env::temp_dir().join(format!("sipfront-config-test-{}.key", std::process::id()));
+        std::fs::write(&p, "00112233445566778899aabbccddeeff").unwrap();
+        p.display().to_string()
+    })
+    .clone()
+}
+
+fn cluster(extra: &str) -> String {
+    format!(
+        "{MINIMAL}\n[cluster]\nlisten = \"10.0.0.11:7000\"\npeers = [ {{ id = 1, addr = \"10.0.0.11:7000\" }}, \
+         {{ id = 2, addr = \"10.0.0.12:7000\" }}, {{ id = 3, addr = \"10.0.0.13:7000\" }} ]\nsecret_file = \"{}\"\n{extra}",
+        secret_file()
+    )
+}
+
+#[test]
+fn cluster_and_vip_rules_name_their_key() {
+    let ok = Config::from_toml(&cluster("")).unwrap();
+    let c = ok.cluster.as_ref().unwrap();
+    assert_eq!((c.election_timeout.get(), c.heartbeat.get()), (Duration::from_millis(300), Duration::from_millis(60)));
+    assert_eq!(ok.vip.mode, VipMode::None);
+    let cases: &[(&str, &str)] = &[
+        ("heartbeat = \"200ms\"", "cluster.heartbeat: must be at most a third"),
+        ("election_timeout = \"20ms\"", "cluster.election_timeout"),
+        ("[vip]\nmode = \"linux\"\ninterface = \"eth0\"", "vip.address: is required"),
+        ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/24\"", "vip.interface: is required"),
+        ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.300/24\"\ninterface = \"eth0\"", "vip.address: `10.0.0.300/24`"),
+        ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/33\"\ninterface = \"eth0\"", "prefix length"),
+        ("[vip]\nmode = \"aws\"", "unknown variant `aws`"),
+    ];
+    for (extra, want) in cases {
+        let e = err(&cluster(extra));
+        assert!(e.contains(want), "{extra:?}: got {e:?}, want {want:?}");
+    }
+    let e = err(&cluster("").replace("id = 1, addr", "id = 4, addr"));
+    assert!(e.contains("cluster.peers: no entry has this node's id (1"), "{e}");
+    let e = err(&cluster("").replace("12:7000", "11:7000"));
+    assert!(e.contains("cluster.peers[1].addr"), "{e}");
+    let e = err(&cluster("").replace(&secret_file(), "/nonexistent/key"));
+    assert!(e.contains("cluster.secret_file: cannot read /nonexistent/key"), "{e}");
+    let e = err(&format!("{MINIMAL}\n[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\n"));
+    assert!(e.contains("vip.mode: a VIP moves between cluster nodes"), "{e}");
+}
+
 fn err(text: &str) -> String {
     Config::from_toml(text).expect_err("must be rejected").to_string()
 }
@@ -25,7 +73,9 @@ fn every_shipped_example_loads() {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
-            Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            // The cluster examples name /etc/sipfront/cluster.key; point them at a test secret instead.
+            let text = std::fs::read_to_string(&p).unwrap().replace("/etc/sipfront/cluster.key", &secret_file());
+            Config::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
     }
