@@ -83,7 +83,7 @@ pub struct VipConfig {
     /// Gratuitous ARP frames sent on taking the VIP.
     #[serde(default = "default_garp_count")]
     pub garp_count: u32,
-    /// Time between two of them.
+    /// Time between two of them (default 500ms: three frames span the neighbour `locktime` of 1 s).
     #[serde(default = "default_garp_interval")]
     pub garp_interval: ConfigDuration,
     /// The process-owned interface the address is put on (gone with the process, address included).
@@ -107,8 +107,10 @@ impl Default for VipConfig {
 fn default_garp_count() -> u32 {
     3
 }
+/// Linux ignores an ARP that would change a neighbour entry updated less than `locktime` (1 s) ago: spread over
+/// 1 s, at least one of three frames lands after it.
 fn default_garp_interval() -> ConfigDuration {
-    ConfigDuration::millis(100)
+    ConfigDuration::millis(500)
 }
 fn default_vip_device() -> String {
     "sfvip0".into()

@@ -20,23 +20,23 @@
 //! `SIPFRONT_TEST_KEEP=1` to keep the dir instead). Readiness is polled: sipfront until it answers an OPTIONS,
 //! a SIPp UAS until its socket shows up in /proc/net. `SIPFRONT_TEST_BIN=/path/to/sipfront` runs the tests
 //! against another build (a release build, say) instead of the one cargo built with them.
+//!
+//! SIP text ([`SipMsg`], traces), SIPp results ([`SippRun`]) and process groups ([`Proc`]) live in
+//! `tests/shared/`, which the network-namespace harness (`tests/netns/`) uses too.
 #![allow(dead_code)]
+
+#[path = "../shared/mod.rs"]
+mod shared;
+
+pub use shared::*;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-/// The binary under test: the one cargo built with these tests, or `SIPFRONT_TEST_BIN` (e.g. a release build).
-pub fn sipfront_bin() -> String {
-    std::env::var("SIPFRONT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sipfront").to_string())
-}
-/// SIPp scenarios.
-pub const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
 /// sipfront's SIP port on 127.0.0.N.
 pub const FRONT_PORT: u16 = 5060;
 /// The caller's port on 127.0.0.N.
@@ -47,45 +47,6 @@ pub const PBX2_PORT: u16 = 5082;
 
 /// How long sipfront may take to answer its first OPTIONS, or a SIPp UAS to bind.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A SIP transport, as the tests choose it for each side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tp {
-    Udp,
-    Tcp,
-}
-
-impl Tp {
-    pub fn lower(self) -> &'static str {
-        match self {
-            Tp::Udp => "udp",
-            Tp::Tcp => "tcp",
-        }
-    }
-
-    pub fn upper(self) -> &'static str {
-        match self {
-            Tp::Udp => "UDP",
-            Tp::Tcp => "TCP",
-        }
-    }
-
-    /// SIPp `-t` for a caller: one UDP socket per call, or one TCP connection for all calls.
-    pub fn sipp_uac_mode(self) -> &'static str {
-        match self {
-            Tp::Udp => "un",
-            Tp::Tcp => "t1",
-        }
-    }
-
-    /// SIPp `-t` for a PBX: one UDP socket, or one TCP listener.
-    pub fn sipp_uas_mode(self) -> &'static str {
-        match self {
-            Tp::Udp => "u1",
-            Tp::Tcp => "t1",
-        }
-    }
-}
 
 // ------------------------------------------------------------------------------------------------ sipfront config
 
@@ -187,123 +148,7 @@ impl FrontConfig {
     }
 }
 
-// ------------------------------------------------------------------------------------------------ processes
-
-/// A child process in its own process group; the group is SIGKILLed on drop.
-struct Proc {
-    label: String,
-    child: Child,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(label: &str, mut cmd: Command) -> Proc {
-        cmd.process_group(0).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {label} ({cmd:?}): {e}"));
-        Proc { label: label.into(), child, status: None }
-    }
-
-    fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.status.is_none() {
-            self.status = self.child.try_wait().ok().flatten();
-        }
-        self.status
-    }
-
-    fn kill(&mut self) {
-        if self.try_wait().is_some() {
-            return;
-        }
-        // The whole group: `timeout` and the program under it.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        self.status = self.child.wait().ok();
-    }
-}
-
-/// What a finished SIPp run left behind.
-#[derive(Debug)]
-pub struct SippRun {
-    pub label: String,
-    /// The exit code (SIPp: 0 = every call succeeded, 1 = some failed, 97/99/255 = other ends; 124 = `timeout`).
-    pub code: Option<i32>,
-    /// The final "Successful call" / "Failed call" totals from SIPp's screen.
-    pub successful: Option<u64>,
-    pub failed: Option<u64>,
-    pub stdout: String,
-    /// The unexpected-message log (`-trace_err`).
-    pub errors: String,
-    /// The message trace (`-trace_msg`), when it was on.
-    pub trace: Vec<Traced>,
-    pub elapsed: Duration,
-}
-
-impl SippRun {
-    fn describe(&self) -> String {
-        let tail: Vec<&str> = self.stdout.lines().rev().take(25).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "{}: exit code {:?}, successful {:?}, failed {:?}, {:.1} s\n--- screen (tail):\n{}\n--- unexpected messages:\n{}",
-            self.label,
-            self.code,
-            self.successful,
-            self.failed,
-            self.elapsed.as_secs_f64(),
-            tail.join("\n"),
-            tail_lines(&self.errors, 60)
-        )
-    }
-
-    /// SIPp exited 0 having completed exactly `calls` calls, none failed.
-    pub fn assert_ok(&self, calls: u64) {
-        assert!(
-            self.code == Some(0) && self.successful == Some(calls) && self.failed == Some(0),
-            "SIPp {} should have completed {calls} call(s) with none failed:\n{}",
-            self.label,
-            self.describe()
-        );
-    }
-
-    /// The messages this SIPp received (in order).
-    pub fn received(&self) -> impl Iterator<Item = &SipMsg> {
-        self.trace.iter().filter(|t| !t.sent).map(|t| &t.msg)
-    }
-
-    /// The messages this SIPp sent (in order).
-    pub fn sent(&self) -> impl Iterator<Item = &SipMsg> {
-        self.trace.iter().filter(|t| t.sent).map(|t| &t.msg)
-    }
-
-    /// The first received request with this method.
-    pub fn received_request(&self, method: &str) -> &SipMsg {
-        self.received()
-            .find(|m| m.method() == Some(method))
-            .unwrap_or_else(|| panic!("{} received no {method}; it received:\n{}", self.label, self.summary_of_trace()))
-    }
-
-    /// One line per traced message: direction and start line.
-    pub fn summary_of_trace(&self) -> String {
-        self.trace.iter().map(|t| format!("  {} {}\n", if t.sent { "->" } else { "<-" }, t.msg.start)).collect()
-    }
-}
-
-fn tail_lines(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// The last number on the last line of SIPp's screen that starts with `label` (the cumulative column).
-fn screen_counter(screen: &str, label: &str) -> Option<u64> {
-    screen
-        .lines()
-        .rfind(|l| l.trim_start().starts_with(label))
-        .and_then(|l| l.split('|').next_back())
-        .and_then(|v| v.trim().parse().ok())
-}
+// ------------------------------------------------------------------------------------------------ SIPp
 
 /// How a SIPp instance is started.
 #[derive(Debug, Clone)]
@@ -578,24 +423,8 @@ impl Harness {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let elapsed = s.started.elapsed();
-        let stdout = String::from_utf8_lossy(&std::fs::read(&s.out).unwrap_or_default()).into_owned();
-        let errors = String::from_utf8_lossy(&std::fs::read(&s.err).unwrap_or_default()).into_owned();
-        let trace = if s.spec.trace {
-            parse_sipp_trace(&String::from_utf8_lossy(&std::fs::read(&s.msg).unwrap_or_default()))
-        } else {
-            Vec::new()
-        };
-        SippRun {
-            label: s.spec.label.clone(),
-            code: status.code(),
-            successful: screen_counter(&stdout, "Successful call"),
-            failed: screen_counter(&stdout, "Failed call"),
-            stdout,
-            errors,
-            trace,
-            elapsed,
-        }
+        let msg = s.spec.trace.then_some(s.msg.as_path());
+        SippRun::collect(&s.spec.label, status, s.started.elapsed(), &s.out, &s.err, msg)
     }
 }
 
@@ -643,169 +472,6 @@ pub fn socket_bound(addr: SocketAddr, tp: Tp) -> bool {
         let st = f.nth(1);
         local == Some(want.as_str()) && st == Some(state)
     })
-}
-
-// ------------------------------------------------------------------------------------------------ SIP text
-
-/// A SIP message as the tests read it: start line, headers in order, body.
-#[derive(Debug, Clone)]
-pub struct SipMsg {
-    pub start: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-fn long_name(name: &str) -> &str {
-    match name.to_ascii_lowercase().as_str() {
-        "v" => "via",
-        "i" => "call-id",
-        "f" => "from",
-        "t" => "to",
-        "m" => "contact",
-        "l" => "content-length",
-        "c" => "content-type",
-        "k" => "supported",
-        _ => name,
-    }
-}
-
-impl SipMsg {
-    /// Parse one message (CRLF or LF line ends). `None` when there is no header section.
-    pub fn parse(data: &[u8]) -> Option<SipMsg> {
-        let text = String::from_utf8_lossy(data);
-        let (head, body) = match text.find("\r\n\r\n") {
-            Some(i) => (&text[..i], &data[i + 4..]),
-            None => match text.find("\n\n") {
-                Some(i) => (&text[..i], &data[i + 2..]),
-                None => (&text[..], &[][..]),
-            },
-        };
-        let mut lines = head.lines().map(|l| l.trim_end_matches('\r'));
-        let start = lines.next()?.to_string();
-        let mut headers: Vec<(String, String)> = Vec::new();
-        for l in lines {
-            if l.starts_with([' ', '\t']) {
-                if let Some(last) = headers.last_mut() {
-                    last.1.push(' ');
-                    last.1.push_str(l.trim());
-                }
-                continue;
-            }
-            let (n, v) = l.split_once(':')?;
-            headers.push((n.trim().to_string(), v.trim().to_string()));
-        }
-        Some(SipMsg { start, headers, body: body.to_vec() })
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        self.start.strip_prefix("SIP/2.0 ")?.get(..3)?.parse().ok()
-    }
-
-    pub fn reason(&self) -> &str {
-        self.start.strip_prefix("SIP/2.0 ").and_then(|r| r.get(4..)).unwrap_or("")
-    }
-
-    pub fn method(&self) -> Option<&str> {
-        if self.start.starts_with("SIP/2.0 ") {
-            return None;
-        }
-        self.start.split(' ').next()
-    }
-
-    pub fn request_uri(&self) -> Option<&str> {
-        self.method()?;
-        self.start.split(' ').nth(1)
-    }
-
-    /// The first header line with this name (compact forms included), its whole value.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let want = long_name(name).to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| long_name(n).eq_ignore_ascii_case(&want)).map(|(_, v)| v.as_str())
-    }
-
-    /// Every value of a header: all lines, each split at top-level commas (outside <> and quotes).
-    pub fn header_values(&self, name: &str) -> Vec<String> {
-        let want = long_name(name).to_ascii_lowercase();
-        let mut out = Vec::new();
-        for (n, v) in &self.headers {
-            if long_name(n).eq_ignore_ascii_case(&want) {
-                out.extend(split_commas(v));
-            }
-        }
-        out
-    }
-
-    /// The CSeq method.
-    pub fn cseq_method(&self) -> Option<&str> {
-        self.header("CSeq")?.split_whitespace().nth(1)
-    }
-}
-
-fn split_commas(v: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let (mut depth, mut quoted, mut cur) = (0i32, false, String::new());
-    for c in v.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            '<' if !quoted => depth += 1,
-            '>' if !quoted => depth -= 1,
-            ',' if !quoted && depth == 0 => {
-                out.push(cur.trim().to_string());
-                cur.clear();
-                continue;
-            }
-            _ => {}
-        }
-        cur.push(c);
-    }
-    if !cur.trim().is_empty() {
-        out.push(cur.trim().to_string());
-    }
-    out
-}
-
-/// One message from a SIPp `-trace_msg` file.
-#[derive(Debug, Clone)]
-pub struct Traced {
-    pub sent: bool,
-    pub msg: SipMsg,
-}
-
-/// Parse a SIPp message trace: blocks after a dashed separator line, each "UDP|TCP message sent (N bytes):" or
-/// "... message received [N] bytes :", an empty line, then the message. "Unexpected ..." echoes are skipped.
-pub fn parse_sipp_trace(text: &str) -> Vec<Traced> {
-    let mut out = Vec::new();
-    for block in text.split("-----------------------------------------------").skip(1) {
-        let mut lines = block.lines();
-        let _timestamp = lines.next();
-        let Some(kind) = lines.next() else { continue };
-        let sent = kind.contains("message sent");
-        if !sent && !kind.contains("message received") {
-            continue;
-        }
-        let rest: Vec<&str> = lines.skip_while(|l| l.trim().is_empty()).collect();
-        let raw = rest.join("\r\n");
-        if let Some(msg) = SipMsg::parse(raw.as_bytes()) {
-            out.push(Traced { sent, msg });
-        }
-    }
-    out
-}
-
-/// An OPTIONS to `to` from `local` (Request-URI without a user part: addressed to sipfront itself).
-pub fn options_to(local: SocketAddr, to: SocketAddr, tp: Tp, call_id: &str) -> String {
-    format!(
-        "OPTIONS sip:{to} SIP/2.0\r\n\
-         Via: SIP/2.0/{} {local};branch=z9hG4bK-{call_id};rport\r\n\
-         Max-Forwards: 70\r\n\
-         From: <sip:probe@{}>;tag=p-{call_id}\r\n\
-         To: <sip:{to}>\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: 1 OPTIONS\r\n\
-         Content-Length: 0\r\n\r\n",
-        tp.upper(),
-        local.ip()
-    )
 }
 
 // ------------------------------------------------------------------------------------------------ raw sockets
@@ -1012,25 +678,6 @@ pub fn drain_udp(peer: &UdpPeer, wait: Duration) -> Vec<SipMsg> {
     out
 }
 
-/// A request from `local` with the usual headers, `extra` header lines (each ending in CRLF) and no body:
-/// Via with rport, Max-Forwards 70 (unless `extra` has one), From tag, To without tag, CSeq 1.
-pub fn request(method: &str, ruri: &str, local: SocketAddr, tp: Tp, call_id: &str, extra: &str) -> String {
-    let mf = if extra.to_ascii_lowercase().contains("max-forwards:") { "" } else { "Max-Forwards: 70\r\n" };
-    format!(
-        "{method} {ruri} SIP/2.0\r\n\
-         Via: SIP/2.0/{} {local};branch=z9hG4bK-{call_id};rport\r\n\
-         {mf}\
-         From: <sip:tester@{}>;tag=t-{call_id}\r\n\
-         To: <{ruri}>\r\n\
-         Call-ID: {call_id}\r\n\
-         CSeq: 1 {method}\r\n\
-         {extra}\
-         Content-Length: 0\r\n\r\n",
-        tp.upper(),
-        local.ip()
-    )
-}
-
 // ------------------------------------------------------------------------------------------------ faults, health
 
 impl SippSpec {
@@ -1162,11 +809,7 @@ impl Harness {
     /// and exit once the calls in progress end; then collect it like [`Harness::wait_sipp`]. Bounded: SIGKILL
     /// after `grace` (the run's exit code is then `None`).
     pub fn stop_sipp(&mut self, s: Sipp, grace: Duration) -> SippRun {
-        let pid = self.procs[s.idx].child.id();
-        // `timeout` runs SIPp as its child; signal SIPp itself (`timeout` would die of SIGUSR1).
-        for c in child_pids(pid) {
-            let _ = Command::new("kill").args(["-USR1", &c]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
+        self.procs[s.idx].signal_program("USR1");
         let deadline = Instant::now() + grace;
         while self.procs[s.idx].try_wait().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -1176,19 +819,6 @@ impl Harness {
         }
         self.wait_sipp(s)
     }
-}
-
-/// The processes whose parent is `pid`, from /proc.
-fn child_pids(pid: u32) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| {
-        let name = e.ok()?.file_name().into_string().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
-        // "pid (comm) state ppid ...": the comm may hold spaces, so read after its closing parenthesis.
-        let ppid: u32 = stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == pid).then_some(name)
-    })
-    .collect()
 }
 
 /// Whether a TCP connection between `local` and `remote` is still open on `local`'s side (any state but
@@ -1203,65 +833,6 @@ pub fn tcp_conn_open(local: SocketAddr, remote: SocketAddr) -> bool {
         let f: Vec<&str> = line.split_whitespace().collect();
         f.len() > 3 && f[1] == l && f[2] == r && f[3] != "06" && f[3] != "07"
     })
-}
-
-/// One message off the front of a TCP byte stream (CRLF keep-alives before it skipped), framed by
-/// Content-Length; `None` until a whole message is there.
-pub fn take_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
-    let lead = buf.iter().take_while(|c| **c == b'\r' || **c == b'\n').count();
-    buf.drain(..lead);
-    let hend = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let len = SipMsg::parse(&buf[..hend + 4])
-        .and_then(|m| m.header("Content-Length").and_then(|v| v.trim().parse::<usize>().ok()))
-        .unwrap_or(0);
-    if buf.len() < hend + 4 + len {
-        return None;
-    }
-    Some(buf.drain(..hend + 4 + len).collect())
-}
-
-impl SipMsg {
-    /// The text of this message again (headers in order, CRLF, Content-Length kept as it was).
-    pub fn to_text(&self) -> String {
-        let mut s = format!("{}\r\n", self.start);
-        for (n, v) in &self.headers {
-            let _ = write!(s, "{n}: {v}\r\n");
-        }
-        s.push_str("\r\n");
-        s.push_str(&String::from_utf8_lossy(&self.body));
-        s
-    }
-
-    /// A parameter of the URI inside `<...>` (or of the bare URI): `;name=value`.
-    pub fn uri_param(uri: &str, name: &str) -> Option<String> {
-        let inner = match (uri.find('<'), uri.find('>')) {
-            (Some(a), Some(b)) if b > a => &uri[a + 1..b],
-            _ => uri,
-        };
-        inner.split(';').skip(1).find_map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-}
-
-/// A response to `req`: its Via lines, From, To (with `to_tag` added when it has none), Call-ID and CSeq,
-/// then `extra` header lines (each ending in CRLF) and no body.
-pub fn response_to(req: &SipMsg, code: u16, reason: &str, to_tag: &str, extra: &str) -> String {
-    let mut s = format!("SIP/2.0 {code} {reason}\r\n");
-    for v in req.header_values("Via") {
-        let _ = write!(s, "Via: {v}\r\n");
-    }
-    let to = req.header("To").unwrap_or("");
-    let to = if to.contains(";tag=") || to_tag.is_empty() { to.to_string() } else { format!("{to};tag={to_tag}") };
-    let _ = write!(
-        s,
-        "From: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n{extra}Content-Length: 0\r\n\r\n",
-        req.header("From").unwrap_or(""),
-        req.header("Call-ID").unwrap_or(""),
-        req.header("CSeq").unwrap_or("")
-    );
-    s
 }
 
 /// Write all of `data` to a non-blocking stream (the PBX thread reads the same socket), retrying for up to 2 s.

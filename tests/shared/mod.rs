@@ -1,0 +1,27 @@
+//! Code both real-binary harnesses use: `tests/common` (everything on loopback) and `tests/netns` (a cluster in
+//! network namespaces). Each includes this directory as its own `shared` module
+//! (`#[path = "../shared/mod.rs"] mod shared;`), so a test binary that uses both has two copies of these types;
+//! they are not meant to be mixed.
+//!
+//! ```text
+//!   sip_text  SipMsg, SIPp message traces, TCP framing, hand-built requests    pure text
+//!   sipp      SippRun: a finished SIPp's exit code, screen totals and trace     reads SIPp's files
+//!   proc      Proc: a child in its own process group, SIGKILLed as a group      processes
+//! ```
+#![allow(dead_code)]
+
+pub mod proc;
+pub mod sip_text;
+pub mod sipp;
+
+pub use proc::*;
+pub use sip_text::*;
+pub use sipp::*;
+
+/// The binary under test: the one cargo built with these tests, or `SIPFRONT_TEST_BIN` (e.g. a release build).
+pub fn sipfront_bin() -> String {
+    std::env::var("SIPFRONT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sipfront").to_string())
+}
+
+/// SIPp scenarios.
+pub const SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp");
