@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
-# sip-tester, iproute2), then formatting, clippy, unit, in-process and real-binary tests.
+# sip-tester, iproute2 for `ip` and `bridge`), then formatting, clippy, unit, in-process, real-binary and (as
+# root) network-namespace cluster tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
-command -v ip >/dev/null 2>&1 || need+=(iproute2)
+{ command -v ip && command -v bridge; } >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The VIP lives on a TUN device: the cluster and VIP tests (root only) need /dev/net/tun.
+if [ "$(id -u)" = 0 ] && [ ! -c /dev/net/tun ]; then
+  modprobe tun 2>/dev/null || true
+  [ -c /dev/net/tun ] || { mkdir -p /dev/net && mknod -m 600 /dev/net/tun c 10 200; }
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup.rs)" >&2; exit 1; }
 

@@ -91,14 +91,8 @@ fn main() -> ExitCode {
             // One thread: every message wakes at most one task, and a wake-up is a queue push, not a futex call
             // to another worker. Measured with ../shared/bench/run-bench.sh (2,000 calls/s): 14.0 % of a core on
             // the current-thread runtime against 19.4 % on the 2-worker one; the clean ceiling (8,000 calls/s,
-            // SIPp's own) did not change.
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            // SIPp's own) did not change. (A cluster member runs Raft on a second thread of its own.)
+            let Some(rt) = runtime() else { return ExitCode::FAILURE };
             match rt.block_on(run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -124,18 +118,23 @@ where
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(rt) = runtime() else { return ExitCode::FAILURE };
     match rt.block_on(f(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A current-thread runtime, or `None` after saying why not.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -85,23 +85,17 @@ impl Cluster {
 
     /// The status row of node `id` as seen from node `from`.
     fn row(&self, from: u8, id: u8) -> String {
-        let s = self.status(from);
-        s.lines().find(|l| l.split_whitespace().next() == Some(&id.to_string())).unwrap_or_default().to_string()
+        row_of(&self.status(from), id).to_string()
     }
 
     /// Wait until node `i` reports itself a follower of `leader`, with its log applied as far as the leader's.
     fn wait_follower(&self, i: u8, leader: u8, within: Duration) {
         poll_until(&format!("n{i} follows n{leader}, caught up"), within, || {
             let s = self.status(leader);
-            let field = |id: u8, col: usize| -> Option<String> {
-                s.lines()
-                    .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
-                    .and_then(|l| l.split_whitespace().nth(col).map(str::to_string))
-            };
-            field(i, 2).as_deref() == Some("follower")
-                && field(i, 4) == Some(leader.to_string())
-                && field(i, 7).is_some()
-                && field(i, 7) == field(leader, 7)
+            field(&s, i, ROLE) == Some("follower")
+                && field(&s, i, LEADER) == Some(leader.to_string().as_str())
+                && field(&s, i, APPLIED).is_some()
+                && field(&s, i, APPLIED) == field(&s, leader, APPLIED)
         });
     }
 
@@ -122,6 +116,20 @@ impl Cluster {
         }
         (invites.len(), byes, ok)
     }
+}
+
+/// Columns of `sipfront status`: id name role term leader vip log applied dialogs flows note.
+const ROLE: usize = 2;
+const LEADER: usize = 4;
+const APPLIED: usize = 7;
+const DIALOGS: usize = 8;
+
+fn row_of(status: &str, id: u8) -> &str {
+    status.lines().find(|l| l.split_whitespace().next() == Some(&id.to_string())).unwrap_or_default()
+}
+
+fn field(status: &str, id: u8, col: usize) -> Option<&str> {
+    row_of(status, id).split_whitespace().nth(col)
 }
 
 fn calls(c: &mut Cluster, label: &str, n: u64) -> Uac {
@@ -245,22 +253,17 @@ fn rolling_restart_loses_no_call_and_no_dialog() {
         let leader = c.holder();
         c.wait_follower(i, leader, Duration::from_secs(10));
         // The restarted node holds the established calls again: its dialog count catches up with the leader's.
-        let dialogs = |from: u8, id: u8| c.row(from, id).split_whitespace().nth(8).and_then(|d| d.parse::<u64>().ok());
-        assert!(dialogs(leader, leader).unwrap_or(0) > 0, "calls are established during the restarts");
+        let s = c.status(leader);
+        let established: u64 = field(&s, leader, DIALOGS).and_then(|d| d.parse().ok()).unwrap_or(0);
+        assert!(established > 0, "calls are established during the restarts");
         poll_until(&format!("n{i} has the leader's dialogs"), Duration::from_secs(5), || {
             let s = c.status(leader);
-            let d = |id: u8| {
-                s.lines()
-                    .find(|l| l.split_whitespace().next() == Some(&id.to_string()))
-                    .and_then(|l| l.split_whitespace().nth(8).and_then(|d| d.parse::<u64>().ok()))
-            };
-            d(i).is_some() && d(i) == d(leader)
+            field(&s, i, DIALOGS).is_some() && field(&s, i, DIALOGS) == field(&s, leader, DIALOGS)
         });
     }
     assert_nothing_lost(&mut c, uac, n);
     for i in 1..=3 {
-        let dialogs = c.row(i, i).split_whitespace().nth(8).unwrap_or("?").to_string();
-        assert_eq!(dialogs, "0", "n{i}: every dialog ended everywhere");
+        assert_eq!(field(&c.status(i), i, DIALOGS), Some("0"), "n{i}: every dialog ended everywhere");
     }
 }
 

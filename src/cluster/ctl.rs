@@ -68,6 +68,9 @@ pub fn render(all: &[(u64, Result<NodeStatus, String>)]) -> String {
         match s {
             Ok(s) => {
                 let mut note = s.why_not.clone().unwrap_or_else(|| "serving".into());
+                if let (Some(ms), true) = (s.apply_lag_ms, s.role != "leader") {
+                    let _ = write!(note, "; applies {ms} ms after the leader");
+                }
                 if !s.lag.is_empty() {
                     let lag: Vec<String> = s.lag.iter().map(|(p, l)| format!("{p}:{}", opt(*l))).collect();
                     let _ = write!(note, "; lag {}", lag.join(" "));

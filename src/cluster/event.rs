@@ -138,6 +138,11 @@ impl Journal {
         }
     }
 
+    /// Events waiting for the batcher.
+    pub fn queued(&self) -> usize {
+        self.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -155,27 +155,19 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        match self.call(&Request::Append(rpc), option.soft_ttl()).await {
-            Ok(Response::Append(r)) => remote(r).map_err(CallError::rpc),
-            Ok(_) => Err(CallError::Mismatch.rpc()),
-            Err(e) => Err(e.rpc()),
-        }
+        self.rpc(&Request::Append(rpc), option.soft_ttl(), |r| match r {
+            Response::Append(r) => Some(r),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::Vote(rpc), option.soft_ttl()).await {
-            Ok(Response::Vote(r)) => remote(r).map_err(CallError::rpc),
-            Ok(_) => Err(CallError::Mismatch.rpc()),
-            Err(e) => Err(e.rpc()),
-        }
+        self.rpc(&Request::Vote(rpc), option.soft_ttl(), vote_answer).await
     }
 
     async fn pre_vote(&mut self, rpc: VoteRequest<C>, option: RPCOption) -> Result<VoteResponse<C>, RPCError<C>> {
-        match self.call(&Request::PreVote(rpc), option.soft_ttl()).await {
-            Ok(Response::Vote(r)) => remote(r).map_err(CallError::rpc),
-            Ok(_) => Err(CallError::Mismatch.rpc()),
-            Err(e) => Err(e.rpc()),
-        }
+        self.rpc(&Request::PreVote(rpc), option.soft_ttl(), vote_answer).await
     }
 
     async fn full_snapshot(
@@ -209,11 +201,32 @@ impl RaftNetworkV2<C> for PeerClient {
         req: TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
-        match self.call(&Request::TransferLeader(req), option.soft_ttl()).await {
-            Ok(Response::TransferLeader(r)) => remote(r).map_err(CallError::rpc),
-            Ok(_) => Err(CallError::Mismatch.rpc()),
-            Err(e) => Err(e.rpc()),
-        }
+        self.rpc(&Request::TransferLeader(req), option.soft_ttl(), |r| match r {
+            Response::TransferLeader(r) => Some(r),
+            _ => None,
+        })
+        .await
+    }
+}
+
+fn vote_answer(r: Response) -> Option<Result<VoteResponse<C>, String>> {
+    match r {
+        Response::Vote(r) => Some(r),
+        _ => None,
+    }
+}
+
+impl PeerClient {
+    /// One Raft RPC: send, take the answer of the expected kind (`pick`), map every failure for openraft.
+    async fn rpc<T>(
+        &mut self,
+        req: &Request,
+        ttl: Duration,
+        pick: impl FnOnce(Response) -> Option<Result<T, String>>,
+    ) -> Result<T, RPCError<C>> {
+        let resp = self.call(req, ttl).await.map_err(CallError::rpc)?;
+        let answer = pick(resp).ok_or(CallError::Mismatch).map_err(CallError::rpc)?;
+        remote(answer).map_err(CallError::rpc)
     }
 }
 

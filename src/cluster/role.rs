@@ -224,6 +224,10 @@ pub async fn switchover(shared: &Shared, to: u64) -> Result<String, String> {
         *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         return Err("could not release the VIP in time".into());
     }
+    // Changes made while serving (the last BYEs) go into the log before the transfer, so the new leader has them.
+    if !shared.flush_journal(Duration::from_millis(500)).await {
+        tracing::warn!("switchover: table changes still queued after 500 ms; some may not reach the new leader");
+    }
     tracing::info!(to, "switchover: VIP released, transferring leadership");
     if let Err(e) = shared.raft.trigger().transfer_leader(to).await {
         *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;

@@ -45,6 +45,8 @@ pub struct StateMachine {
     origin: u64,
     dir: PathBuf,
     applied: Arc<Mutex<Applied>>,
+    /// Milliseconds from the proposal of the last batch applied here (another node's) to its apply.
+    pub apply_lag_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachine {
@@ -57,7 +59,13 @@ impl StateMachine {
             Err(_) => None,
         };
         let applied = Applied { last: None, membership: StoredMembershipOf::<C>::default(), snapshot };
-        Ok(StateMachine { proxy, origin, dir, applied: Arc::new(Mutex::new(applied)) })
+        Ok(StateMachine {
+            proxy,
+            origin,
+            dir,
+            applied: Arc::new(Mutex::new(applied)),
+            apply_lag_ms: Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX)),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -86,6 +94,7 @@ impl StateMachine {
         metrics::counter!(m::CLUSTER_BATCHES, "side" => "applied").increment(1);
         metrics::counter!(m::CLUSTER_EVENTS, "side" => "applied").increment(b.events.len() as u64);
         let lag = unix_ms().saturating_sub(b.stamp_ms);
+        self.apply_lag_ms.store(lag, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!(m::CLUSTER_APPLY_LAG).record(lag as f64 / 1000.0);
     }
 
