@@ -134,6 +134,7 @@ fn field(status: &str, id: u8, col: usize) -> Option<&str> {
 
 fn calls(c: &mut Cluster, label: &str, n: u64) -> Uac {
     let spec = UacSpec::new(label, c.lab.vip_sip())
+        .scenario("uac_failover.xml")
         .calls(n)
         .rate(RATE)
         .hold(HOLD)

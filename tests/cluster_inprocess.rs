@@ -189,7 +189,9 @@ async fn a_restarted_member_catches_up_from_a_snapshot() {
     for n in 0..300 {
         confirm(ls, n);
         if n % 10 == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await; // many log entries, so snapshots and purges happen
+            // Longer than the batcher's 20 ms linger: each group is a log entry of its own, so there are enough
+            // entries for snapshots and purges.
+            tokio::time::sleep(Duration::from_millis(30)).await;
         }
     }
     let status = ctl::statuses(&nodes[l].cfg).await.unwrap();

@@ -92,7 +92,11 @@ fn hold_verdict(shared: &Shared, m: &openraft::RaftMetrics<super::TypeConfig>, n
     // partitioned leader sees no change at all.
     match m.last_quorum_acked.as_ref().map(|t| openraft::Instant::elapsed(&(*t).into_inner())) {
         Some(age) if age < shared.hold_lease => {}
-        Some(age) => return Some(format!("leader without a quorum: last acknowledged {} ms ago", age.as_millis())),
+        // A fixed text (not the age): it is logged again only when it changes, or every 5 s.
+        Some(_) => {
+            let ms = shared.hold_lease.as_millis();
+            return Some(format!("leader without a quorum: no acknowledgement for {ms} ms or more"));
+        }
         None => return Some("leader waiting for a quorum's first acknowledgement".into()),
     }
     let caught_up = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
@@ -167,7 +171,8 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
             _ => {}
         }
         *shared.why_not.lock().unwrap_or_else(|p| p.into_inner()) = why_not.clone();
-        if let Some(why) = why_not.filter(|_| mm.current_leader.is_none()) {
+        // Anything but the normal standby state is logged, and repeated every 5 s while it lasts (no quorum).
+        if let Some(why) = why_not.filter(|w| !w.starts_with("follower of")) {
             let due = last_log.as_ref().is_none_or(|(w, at)| *w != why || at.elapsed() >= NO_LEADER_LOG_EVERY);
             if due {
                 tracing::warn!(term = mm.current_term, state = ?mm.state, "{why}");
