@@ -24,8 +24,12 @@ impl Proxy {
         let Some(client) = client else {
             return self.new_branch(loop_hash);
         };
-        let addr = src.remote.to_string();
-        let parts: [&[u8]; 4] = [client, req.method_bytes(), addr.as_bytes(), &(attempt as u32).to_be_bytes()];
+        let ip = match src.remote.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        let (port, attempt) = (src.remote.port().to_be_bytes(), (attempt as u32).to_be_bytes());
+        let parts: [&[u8]; 5] = [client, req.method_bytes(), &ip, &port, &attempt];
         let h = self.settings.token_key.digest64(&parts);
         let mut s = String::with_capacity(40);
         let _ = write!(s, "z9hG4bK{loop_hash:08x}.{h:016x}");
