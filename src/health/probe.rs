@@ -121,11 +121,28 @@ async fn udp_prober(proxy: Arc<Proxy>, index: usize, shutdown: CancellationToken
         SocketAddr::V4(_) => IpAddr::from([0u8; 4]),
         SocketAddr::V6(_) => IpAddr::from([0u16; 8]),
     });
-    let sock = match probe_socket(SocketAddr::new(local, 0)) {
-        Ok(s) if s.connect(backend.addr).await.is_ok() => s,
-        _ => {
-            tracing::warn!(backend = %backend.name, "cannot open a probe socket; backend not probed");
-            return;
+    // On a cluster the listener's address is the VIP: a socket bound to it connects only once this host has
+    // it. Until then (a standby, or a leader a moment before taking the VIP) try again every interval.
+    let mut warned = false;
+    let sock = loop {
+        match probe_socket(SocketAddr::new(local, 0)) {
+            Ok(s) => match s.connect(backend.addr).await {
+                Ok(()) => break s,
+                Err(e) if proxy.is_active() && !warned => {
+                    tracing::warn!(backend = %backend.name, error = %e, "cannot open a probe socket yet; retrying");
+                    warned = true;
+                }
+                Err(_) => {}
+            },
+            Err(e) if !warned => {
+                tracing::warn!(backend = %backend.name, error = %e, "cannot open a probe socket; retrying");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(cfg.interval.get()) => {}
         }
     };
     let Ok(me) = sock.local_addr() else { return };
