@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
 # Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
-# sip-tester, iproute2 for `ip` and `bridge`), then formatting, clippy, unit, in-process, real-binary and (as
-# root) network-namespace cluster tests.
+# sip-tester, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, the moto EC2 emulator
+# from PyPI), then formatting, clippy, unit, in-process, real-binary, EC2-emulator and (as root)
+# network-namespace cluster and volume tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
 { command -v ip && command -v bridge; } >/dev/null 2>&1 || need+=(iproute2)
+PATH="$PATH:/usr/sbin:/sbin"
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The EC2 emulator of the AWS tests: moto, pinned (its quirks are known per version).
+if ! python3 -c 'import sys, moto, flask, flask_cors; sys.exit(moto.__version__ != "5.2.5")' 2>/dev/null; then
+  echo "installing the EC2 emulator: moto[server]==5.2.5"
+  python3 -m pip install -q 'moto[server]==5.2.5' flask flask-cors 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'moto[server]==5.2.5' flask flask-cors
+fi
+# The volume tests (root only) attach loop devices.
+if [ "$(id -u)" = 0 ] && [ ! -e /dev/loop-control ]; then
+  modprobe loop 2>/dev/null || true
 fi
 # The VIP lives on a TUN device: the cluster and VIP tests (root only) need /dev/net/tun.
 if [ "$(id -u)" = 0 ] && [ ! -c /dev/net/tun ]; then
@@ -30,6 +45,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo check --no-default-features (without the AWS SDK)"
+cargo check --locked --no-default-features --all-targets --quiet
 echo "== cargo check (fuzz crate)"
 (cd fuzz && cargo check --locked --quiet)
 echo "== cargo test (benches once each, in test mode)"

@@ -16,6 +16,7 @@
 //!  token.rs       the HMAC'd tokens in our Record-Route and Path
 //!  cluster/       Raft among the three nodes: replicated tables, leader = active node = VIP holder
 //!  vip/           the cluster's virtual IP on this host (Linux): a process-owned TUN device, gratuitous ARP
+//!  failover/      what follows the active role: the VIP mechanism (linux, aws), the PBX data volume, hooks
 //! ```
 //!
 //! A request arrives on a [`transport`] listener, is parsed lazily by [`sip::Message::parse`], and handed to
@@ -27,6 +28,7 @@ pub mod cluster;
 pub mod config;
 pub mod dialog;
 pub mod error;
+pub mod failover;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

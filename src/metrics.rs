@@ -34,6 +34,13 @@ pub const CLUSTER_LAG_ENTRIES: &str = "sipfront_cluster_replication_lag_entries"
 pub const VIP_HELD: &str = "sipfront_vip_held";
 pub const VIP_CHANGES: &str = "sipfront_vip_changes_total";
 pub const VIP_GARP_SENT: &str = "sipfront_vip_garp_sent_total";
+pub const AWS_CALLS: &str = "sipfront_aws_calls_total";
+pub const AWS_CALL_ERRORS: &str = "sipfront_aws_call_errors_total";
+pub const AWS_CALL_SECONDS: &str = "sipfront_aws_call_seconds";
+pub const FAILOVER_STEP_SECONDS: &str = "sipfront_failover_step_seconds";
+pub const FAILOVER_STEP_FAILURES: &str = "sipfront_failover_step_failures_total";
+pub const FAILOVER_FENCED: &str = "sipfront_failover_fenced_total";
+pub const VOLUME_HELD: &str = "sipfront_volume_held";
 
 /// Describe every metric (call once, after a recorder is installed).
 pub fn describe() {
@@ -71,5 +78,15 @@ pub fn describe() {
     describe_gauge!(VIP_HELD, "1 while this node holds the VIP");
     describe_counter!(VIP_CHANGES, "VIP acquisitions and releases, by action");
     describe_counter!(VIP_GARP_SENT, "Gratuitous ARP frames sent for the VIP");
+    describe_counter!(AWS_CALLS, "EC2 API attempts, by operation and outcome (ok, retried, failed)");
+    describe_counter!(AWS_CALL_ERRORS, "EC2 API errors, by operation and error code (throttling, 5xx, timeout ...)");
+    metrics::describe_histogram!(AWS_CALL_SECONDS, "Duration of one EC2 API attempt, by operation");
+    metrics::describe_histogram!(
+        FAILOVER_STEP_SECONDS,
+        "Duration of a failover step (fence, move, attach, mount, hook)"
+    );
+    describe_counter!(FAILOVER_STEP_FAILURES, "Failover steps that failed and will be retried, by resource and step");
+    describe_counter!(FAILOVER_FENCED, "Moves refused because the resource carries a newer Raft term, by resource");
+    describe_gauge!(VOLUME_HELD, "1 while the data volume is attached and mounted here and its hook has run");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

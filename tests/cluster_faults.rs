@@ -4,7 +4,7 @@
 //! call (INVITE, hold, BYE) succeeds from the phone's side and every established call's BYE reached its PBX and
 //! was answered; a 20 ms sampler reading every node's addresses never sees two VIP holders.
 //!
-//! Lab tags 10-19 (see tests/netns/mod.rs). The tests take a lock so they run one at a time: failover times
+//! Lab tags 10-14 (see tests/netns/mod.rs). The tests take a lock so they run one at a time: failover times
 //! are the thing measured, and three clusters at once on two cores would measure the machine instead.
 //! Failover times are printed (`failover ...`) and appended to `$SIPFRONT_FAILOVER_LOG` when it is set.
 

@@ -75,6 +75,10 @@ pub fn render(all: &[(u64, Result<NodeStatus, String>)]) -> String {
                     let lag: Vec<String> = s.lag.iter().map(|(p, l)| format!("{p}:{}", opt(*l))).collect();
                     let _ = write!(note, "; lag {}", lag.join(" "));
                 }
+                // A standby's volume is news only when it is not simply released.
+                if let Some(v) = s.volume.as_ref().filter(|v| s.vip_held || !v.ends_with(" released")) {
+                    let _ = write!(note, "; volume {v}");
+                }
                 let _ = writeln!(
                     out,
                     "{:<4} {:<12} {:<10} {:>6} {:>7} {:<5} {:>8} {:>8} {:>8} {:>8}  {note}",

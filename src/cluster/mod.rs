@@ -21,6 +21,7 @@ pub mod event;
 mod frame;
 mod log_store;
 mod net;
+mod placement;
 pub mod role;
 mod state_machine;
 
@@ -36,6 +37,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config};
+use crate::failover::{Resources, VolumeHandle};
 use crate::metrics as m;
 use crate::proxy::Proxy;
 use event::{process_origin, unix_ms, Batch, Event, Journal};
@@ -89,6 +91,8 @@ pub struct NodeStatus {
     pub dialogs: usize,
     pub flows: usize,
     pub events_dropped: u64,
+    /// The data volume here: `vol-0123 held (term 7)`, `... acquiring; attempt 2 failed: ...`.
+    pub volume: Option<String>,
 }
 
 /// What the cluster thread shares with its tasks and the request handler.
@@ -115,6 +119,10 @@ pub struct Shared {
     /// The batcher holds events it has not yet handed to Raft.
     batching: AtomicBool,
     apply_lag_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// The data volume's task, once started (in `run`, on this thread's runtime).
+    pub volume: std::sync::OnceLock<Arc<VolumeHandle>>,
+    /// Bound on waiting for the volume's release (hook, unmount, detach) at a switchover or shutdown.
+    pub volume_release_within: Duration,
 }
 
 impl Shared {
@@ -174,6 +182,7 @@ impl Shared {
             dialogs: self.proxy.dialogs.len(),
             flows: self.proxy.flows.len(),
             events_dropped: self.journal.dropped(),
+            volume: self.volume.get().map(|v| v.render()),
         }
     }
 }
@@ -220,7 +229,8 @@ impl Cluster {
     ) -> anyhow::Result<Cluster> {
         let c = cfg.cluster.clone().ok_or_else(|| anyhow::anyhow!("no [cluster] section"))?;
         let secret = crate::config::read_secret_for("cluster.secret_file", &c.secret_file)?;
-        let vip = role::Vip::from_config(&cfg.vip)?;
+        let resources = crate::failover::Resources::from_config(cfg)?;
+        let volume_release_within = crate::failover::Resources::release_within(cfg);
         let vip_address = cfg.vip.address.clone().filter(|_| cfg.vip.mode != crate::config::VipMode::None);
         let (id, name) = (u64::from(cfg.node.id), cfg.node.name.clone());
         let stop = CancellationToken::new();
@@ -235,7 +245,8 @@ impl Cluster {
                 }
             };
             rt.block_on(async move {
-                let parts = Parts { c, id, name, key: FrameKey::from_secret(&secret), proxy, journal, vip_address };
+                let key = FrameKey::from_secret(&secret);
+                let parts = Parts { c, id, name, key, proxy, journal, vip_address, volume_release_within };
                 let shared = match boot(parts).await {
                     Ok(s) => s,
                     Err(e) => {
@@ -244,7 +255,7 @@ impl Cluster {
                     }
                 };
                 let _ = tx.send(Ok(shared.clone()));
-                run(shared, vip, events, stop2).await;
+                run(shared, resources, events, stop2).await;
             });
         })?;
         let shared = rx.await.map_err(|_| anyhow::anyhow!("the cluster thread died at start"))??;
@@ -273,6 +284,7 @@ struct Parts {
     proxy: Arc<Proxy>,
     journal: Journal,
     vip_address: Option<String>,
+    volume_release_within: Duration,
 }
 
 /// Open the stores, bind the peer port, build Raft, and initialize the cluster the first time (the lowest id
@@ -308,6 +320,8 @@ async fn boot(p: Parts) -> anyhow::Result<Arc<Shared>> {
         listener: Mutex::new(Some(listener)),
         batching: AtomicBool::new(false),
         apply_lag_ms,
+        volume: std::sync::OnceLock::new(),
+        volume_release_within: p.volume_release_within,
     });
     let lowest = shared.peers.iter().map(|(id, _)| *id).min() == Some(shared.id);
     if lowest && !shared.raft.is_initialized().await? {
@@ -322,18 +336,24 @@ async fn boot(p: Parts) -> anyhow::Result<Arc<Shared>> {
 }
 
 /// Everything the cluster thread runs, until `stop`.
-async fn run(shared: Arc<Shared>, vip: role::Vip, events: mpsc::Receiver<Event>, stop: CancellationToken) {
+async fn run(shared: Arc<Shared>, res: Resources, events: mpsc::Receiver<Event>, stop: CancellationToken) {
     let tasks = CancellationToken::new();
+    // The volume task outlives the role loop: the loop's last act is asking it to release, and waiting.
+    let volume_stop = CancellationToken::new();
+    if let Some(v) = res.volume {
+        let _ = shared.volume.set(Arc::new(VolumeHandle::start(v, shared.id as u32, volume_stop.clone())));
+    }
     let listener = shared.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(l) = listener {
         tokio::spawn(net::serve(l, shared.key.clone(), shared.clone(), tasks.clone()));
     }
     tokio::spawn(batcher(shared.clone(), events, shared.origin));
-    let role = tokio::spawn(role::run(shared.clone(), vip, tasks.clone()));
+    let role = tokio::spawn(role::run(shared.clone(), res.vip, tasks.clone()));
     stop.cancelled().await;
     role::step_down(&shared).await;
     tasks.cancel();
     let _ = role.await;
+    volume_stop.cancel();
     if let Err(e) = shared.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }

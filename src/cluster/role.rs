@@ -15,65 +15,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::config::{VipConfig, VipMode};
+use crate::failover::{Claim, Vip};
 use crate::metrics as m;
-use crate::vip::{LinuxVip, LinuxVipSpec};
 
 /// How often the role is re-evaluated without a metrics change.
 const TICK: Duration = Duration::from_millis(20);
+/// A VIP that could not be taken is tried again this soon, then twice as late each time, up to the last.
+const VIP_FIRST_RETRY: Duration = Duration::from_millis(200);
+const VIP_LAST_RETRY: Duration = Duration::from_secs(10);
 /// How often "no leader" is logged while it lasts.
 const NO_LEADER_LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// Where the VIP lives.
-pub enum Vip {
-    /// Nothing to move (tests on loopback, or a load balancer in front).
-    None,
-    Linux(LinuxVip),
-}
-
-impl Vip {
-    pub fn from_config(cfg: &VipConfig) -> anyhow::Result<Vip> {
-        match cfg.mode {
-            VipMode::None => Ok(Vip::None),
-            VipMode::Linux => {
-                let (address, prefix_len) = cfg.parsed()?;
-                let spec = LinuxVipSpec {
-                    address,
-                    prefix_len,
-                    interface: cfg.interface.clone().unwrap_or_default(),
-                    device: cfg.device.clone(),
-                    garp_count: cfg.garp_count,
-                    garp_interval: cfg.garp_interval.get(),
-                };
-                Ok(Vip::Linux(LinuxVip::new(spec).map_err(|e| anyhow::anyhow!("vip: {e}"))?))
-            }
-        }
-    }
-
-    async fn acquire(&mut self) -> Result<(), String> {
-        match self {
-            Vip::None => Ok(()),
-            Vip::Linux(v) => v.acquire().await.map_err(|e| e.to_string()),
-        }
-    }
-
-    async fn release(&mut self) -> Result<(), String> {
-        match self {
-            Vip::None => Ok(()),
-            Vip::Linux(v) => v.release().await.map_err(|e| e.to_string()),
-        }
-    }
-
-    fn remove_stale(&self) {
-        if let Vip::Linux(v) = self {
-            match v.remove_stale() {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(removed = n, "removed a stale VIP left on this host"),
-                Err(e) => tracing::error!(error = %e, "cannot check for a stale VIP"),
-            }
-        }
-    }
-}
 
 /// Why this node should not serve now, or `None` when it should.
 fn hold_verdict(shared: &Shared, m: &openraft::RaftMetrics<super::TypeConfig>, now: Instant) -> Option<String> {
@@ -108,12 +59,16 @@ fn hold_verdict(shared: &Shared, m: &openraft::RaftMetrics<super::TypeConfig>, n
 
 /// The role loop: take or release the VIP and the serving role as [`hold_verdict`] says, until `stop`.
 pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: CancellationToken) {
+    let volume = shared.volume.get().cloned();
+    let mut placement = super::placement::Placement::new();
     vip.remove_stale();
     let mut watch = shared.raft.metrics();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut held = false;
     let mut last_log: Option<(String, Instant)> = None;
+    // After a failed acquire (an EC2 API refusing or down): when to try again, the wait after that, and why.
+    let mut vip_retry: Option<(Instant, Duration, String)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -134,10 +89,16 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
             }
         }
         match (&why_not, held) {
+            (None, false) if vip_retry.as_ref().is_some_and(|(at, _, _)| now < *at) => {}
             (None, false) => {
                 let t0 = Instant::now();
-                match vip.acquire().await {
+                let claim = claim(&shared, mm.current_term);
+                match vip.acquire(&claim).await {
                     Ok(()) => {
+                        vip_retry = None;
+                        if let Some(v) = &volume {
+                            v.own(claim);
+                        }
                         held = true;
                         shared.vip_held.store(true, Ordering::Relaxed);
                         shared.proxy.dialogs.refresh_activity();
@@ -152,12 +113,18 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
                         );
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "leader cannot take the VIP; retrying");
+                        let wait = vip_retry.as_ref().map_or(VIP_FIRST_RETRY, |(_, w, _)| (*w * 2).min(VIP_LAST_RETRY));
+                        tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "leader cannot take the VIP");
+                        vip_retry =
+                            Some((Instant::now() + wait, wait, format!("leader, but cannot take the VIP: {e}")));
                     }
                 }
             }
             (Some(why), true) => {
                 shared.proxy.set_active(false);
+                if let Some(v) = &volume {
+                    v.release();
+                }
                 let r = vip.release().await;
                 held = false;
                 shared.vip_held.store(false, Ordering::Relaxed);
@@ -170,7 +137,28 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
             }
             _ => {}
         }
-        *shared.why_not.lock().unwrap_or_else(|p| p.into_inner()) = why_not.clone();
+        if held && why_not.is_none() {
+            let want = super::placement::preferred_node(&shared);
+            if let Some(to) = placement.check(want, shared.id, now) {
+                let backend_node = to;
+                tracing::info!(
+                    to = backend_node,
+                    "the preferred backend runs on node {backend_node}: handing the role over"
+                );
+                let s = shared.clone();
+                tokio::spawn(async move {
+                    match switchover(&s, backend_node).await {
+                        Ok(msg) => tracing::info!("placement: {msg}"),
+                        Err(e) => tracing::warn!("placement: handover to node {backend_node} failed: {e}"),
+                    }
+                });
+            }
+        }
+        if why_not.is_some() {
+            vip_retry = None;
+        }
+        let shown = why_not.clone().or_else(|| vip_retry.as_ref().map(|(_, _, why)| why.clone()));
+        *shared.why_not.lock().unwrap_or_else(|p| p.into_inner()) = shown;
         // Anything but the normal standby state is logged, and repeated every 5 s while it lasts (no quorum).
         if let Some(why) = why_not.filter(|w| !w.starts_with("follower of")) {
             let due = last_log.as_ref().is_none_or(|(w, at)| *w != why || at.elapsed() >= NO_LEADER_LOG_EVERY);
@@ -191,6 +179,40 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
         metrics::gauge!(m::VIP_HELD).set(0.0);
         tracing::info!("released the VIP at shutdown");
     }
+    if let Some(v) = &volume {
+        v.release();
+        if !v.wait_released(shared.volume_release_within).await {
+            tracing::error!(volume = %v.render(), "shutdown: the volume is not released");
+        }
+    }
+}
+
+/// The claim of this node as leader of `term`: valid while Raft still says so. A peer that has not
+/// acknowledged this leader yet counts as silent since the claim was made.
+fn claim(shared: &std::sync::Arc<Shared>, term: u64) -> Claim {
+    let node = shared.id as u32;
+    let (check, silence) = (shared.raft.metrics(), shared.raft.metrics());
+    let made = Instant::now();
+    Claim::new(
+        node,
+        term,
+        move || {
+            let m = check.borrow_watched();
+            if m.current_term == term && m.state == ServerState::Leader {
+                Ok(())
+            } else {
+                Err(format!("term {term} is over (now term {}, {:?})", m.current_term, m.state))
+            }
+        },
+        move |peer| {
+            let m = silence.borrow_watched();
+            let acked = m.heartbeat.as_ref().and_then(|h| h.get(&u64::from(peer)).cloned());
+            match acked {
+                Some(Some(t)) => Some(openraft::Instant::elapsed(&t.into_inner())),
+                _ => Some(made.elapsed()),
+            }
+        },
+    )
 }
 
 /// Wait until the role loop has let go of the VIP (bounded).
@@ -228,6 +250,14 @@ pub async fn switchover(shared: &Shared, to: u64) -> Result<String, String> {
     if !wait_released(shared, release_by).await {
         *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
         return Err("could not release the VIP in time".into());
+    }
+    // The data volume goes before the role does: the next leader must find it free (a local device has no
+    // other guard).
+    if let Some(v) = shared.volume.get() {
+        if !v.wait_released(shared.volume_release_within).await {
+            *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(format!("could not release the volume in time: {}", v.render()));
+        }
     }
     // Changes made while serving (the last BYEs) go into the log before the transfer, so the new leader has them.
     if !shared.flush_journal(Duration::from_millis(500)).await {

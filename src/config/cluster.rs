@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{invalid, ConfigDuration, ConfigError};
+use super::{invalid, AwsVipConfig, AwsVipMethod, ConfigDuration, ConfigError};
 
 /// `[cluster]`
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +66,9 @@ pub enum VipMode {
     None,
     /// The leader adds the address on this host and announces it with gratuitous ARP.
     Linux,
+    /// The leader moves the address to itself through the EC2 API (`[vip.aws]`, `[aws]`), and for a
+    /// secondary IP or a routed address also adds it on this host as `linux` does.
+    Aws,
 }
 
 /// `[vip]`
@@ -89,6 +92,9 @@ pub struct VipConfig {
     /// The process-owned interface the address is put on (gone with the process, address included).
     #[serde(default = "default_vip_device")]
     pub device: String,
+    /// `[vip.aws]`: how the address moves on AWS (mode `"aws"`).
+    #[serde(default)]
+    pub aws: AwsVipConfig,
 }
 
 impl Default for VipConfig {
@@ -100,6 +106,7 @@ impl Default for VipConfig {
             garp_count: default_garp_count(),
             garp_interval: default_garp_interval(),
             device: default_vip_device(),
+            aws: AwsVipConfig::default(),
         }
     }
 }
@@ -134,13 +141,29 @@ impl VipConfig {
         Ok((ip, len))
     }
 
+    /// Whether the holder puts the address on this host: always for `linux`; on AWS for a secondary IP and a
+    /// routed address, not for an Elastic IP (AWS translates it to a private address the host already has).
+    pub fn needs_local_address(&self) -> bool {
+        match self.mode {
+            VipMode::None => false,
+            VipMode::Linux => true,
+            VipMode::Aws => self.aws.method != AwsVipMethod::ElasticIp,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.mode == VipMode::None {
             return Ok(());
         }
         self.parsed()?;
-        if self.interface.as_deref().is_none_or(|i| i.trim().is_empty()) {
-            return Err(invalid("vip.interface", "is required when vip.mode is \"linux\", like \"eth0\""));
+        if self.mode == VipMode::Aws {
+            if !cfg!(feature = "aws") {
+                return Err(invalid("vip.mode", "\"aws\" needs sipfront built with the `aws` cargo feature"));
+            }
+            self.aws.validate()?;
+        }
+        if self.needs_local_address() && self.interface.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            return Err(invalid("vip.interface", "is required when the VIP is added on this host, like \"eth0\""));
         }
         if self.device.is_empty() || self.device.len() > 15 || self.device.contains(['/', ' ']) {
             return Err(invalid("vip.device", format!("`{}` is not an interface name (1-15 bytes)", self.device)));

@@ -5,6 +5,7 @@
 
 mod cluster;
 mod duration;
+mod failover;
 mod ha;
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 
 pub use cluster::{ClusterConfig, PeerConfig, VipConfig, VipMode};
 pub use duration::{parse_duration, ConfigDuration};
+pub use failover::{AwsConfig, AwsVipConfig, AwsVipMethod, VolumeConfig, VolumeMode};
 pub use ha::{DialogConfig, HealthConfig, RegistrationConfig};
 
 use crate::sip::SipUri;
@@ -59,6 +61,12 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     #[serde(default)]
     pub vip: VipConfig,
+    /// `[aws]`: the EC2 API for `vip.mode = "aws"` and `volume.mode = "aws-ebs"`.
+    #[serde(default)]
+    pub aws: AwsConfig,
+    /// `[volume]`: the PBX data volume that follows the active role.
+    #[serde(default)]
+    pub volume: VolumeConfig,
     /// `[[backend]]` tables: the PBXs, in any order (priority decides).
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -250,6 +258,10 @@ pub struct BackendConfig {
     /// Share of new calls among backends of the same priority (policy `balanced`).
     #[serde(default = "one")]
     pub weight: u32,
+    /// The cluster node this PBX runs on. When backends name their nodes, the active role (VIP and data volume)
+    /// follows the active backend: the leader hands over to the node of the preferred healthy PBX.
+    #[serde(default)]
+    pub node: Option<u32>,
 }
 
 fn one() -> u32 {
@@ -407,6 +419,11 @@ impl Config {
         if self.vip.mode != VipMode::None && self.cluster.is_none() {
             return Err(invalid("vip.mode", "a VIP moves between cluster nodes: add a [cluster] section"));
         }
+        self.aws.validate()?;
+        self.volume.validate()?;
+        if self.volume.mode != VolumeMode::None && self.cluster.is_none() {
+            return Err(invalid("volume.mode", "a volume moves between cluster nodes: add a [cluster] section"));
+        }
         if self.backends.is_empty() {
             return Err(invalid("backend", "at least one [[backend]] is needed"));
         }
@@ -424,6 +441,12 @@ impl Config {
             }
             if b.weight == 0 {
                 return Err(invalid(key("weight"), "must be at least 1"));
+            }
+            if let Some(n) = b.node {
+                let known = self.cluster.as_ref().is_some_and(|c| c.peers.iter().any(|p| p.id == n));
+                if !known {
+                    return Err(invalid(key("node"), format!("{n} is not in cluster.peers")));
+                }
             }
             if !self.sip.listen.iter().any(|l| l.transport == target.transport) {
                 return Err(invalid(
@@ -450,8 +473,25 @@ impl Config {
         if let Some(c) = &self.cluster {
             s.push_str(&format!(", cluster of {} (peers on {})", c.peers.len(), c.listen));
         }
-        if let (VipMode::Linux, Some(a)) = (self.vip.mode, &self.vip.address) {
-            s.push_str(&format!(", vip {a} on {}", self.vip.interface.as_deref().unwrap_or("?")));
+        match (self.vip.mode, &self.vip.address) {
+            (VipMode::Linux, Some(a)) => {
+                s.push_str(&format!(", vip {a} on {}", self.vip.interface.as_deref().unwrap_or("?")))
+            }
+            (VipMode::Aws, Some(a)) => s.push_str(&format!(", vip {a} by aws {:?}", self.vip.aws.method)),
+            _ => {}
+        }
+        match self.volume.mode {
+            VolumeMode::None => {}
+            VolumeMode::Local => s.push_str(&format!(
+                ", volume {} at {}",
+                self.volume.device.as_deref().unwrap_or(Path::new("?")).display(),
+                self.volume.mount_point.as_deref().unwrap_or(Path::new("?")).display()
+            )),
+            VolumeMode::AwsEbs => s.push_str(&format!(
+                ", volume {} at {}",
+                self.volume.volume_id.as_deref().unwrap_or("?"),
+                self.volume.mount_point.as_deref().unwrap_or(Path::new("?")).display()
+            )),
         }
         s
     }

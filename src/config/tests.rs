@@ -46,7 +46,8 @@ fn cluster_and_vip_rules_name_their_key() {
         ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/24\"", "vip.interface: is required"),
         ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.300/24\"\ninterface = \"eth0\"", "vip.address: `10.0.0.300/24`"),
         ("[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/33\"\ninterface = \"eth0\"", "prefix length"),
-        ("[vip]\nmode = \"aws\"", "unknown variant `aws`"),
+        ("[vip]\nmode = \"aws\"", "vip.address: is required"),
+        ("[vip]\nmode = \"cloud\"", "unknown variant `cloud`"),
     ];
     for (extra, want) in cases {
         let e = err(&cluster(extra));
@@ -60,6 +61,54 @@ fn cluster_and_vip_rules_name_their_key() {
     assert!(e.contains("cluster.secret_file: cannot read /nonexistent/key"), "{e}");
     let e = err(&format!("{MINIMAL}\n[vip]\nmode = \"linux\"\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\n"));
     assert!(e.contains("vip.mode: a VIP moves between cluster nodes"), "{e}");
+}
+
+#[test]
+fn aws_and_volume_rules_name_their_key() {
+    const AWS_VIP: &str = "[vip]\nmode = \"aws\"\naddress = \"10.0.1.100/24\"\ninterface = \"eth0\"\n";
+    let ok = Config::from_toml(&cluster(AWS_VIP)).unwrap();
+    assert_eq!((ok.vip.aws.method, ok.aws.call_timeout.get()), (AwsVipMethod::SecondaryIp, Duration::from_secs(5)));
+    let eip = Config::from_toml(&cluster(
+        "[vip]\nmode = \"aws\"\naddress = \"203.0.113.7\"\n[vip.aws]\nmethod = \"elastic-ip\"\n",
+    ))
+    .unwrap();
+    assert!(!eip.vip.needs_local_address(), "an Elastic IP needs no interface");
+    let ebs = "[volume]\nmode = \"aws-ebs\"\nvolume_id = \"vol-0abc\"\ndevice = \"/dev/sdf\"\nmount_point = \"/pbx\"\n";
+    assert_eq!(Config::from_toml(&cluster(ebs)).unwrap().volume.mode, VolumeMode::AwsEbs);
+    let cases: &[(&str, &str)] = &[
+        ("[vip]\nmode = \"aws\"\naddress = \"10.0.1.100/24\"", "vip.interface: is required"),
+        (&format!("{AWS_VIP}[vip.aws]\nmethod = \"route-table\""), "vip.aws.route_tables: list the route tables"),
+        (&format!("{AWS_VIP}[vip.aws]\nmethod = \"route-table\"\nroute_tables = [\"x\"]"), "vip.aws.route_tables[0]"),
+        (&format!("{AWS_VIP}[vip.aws]\nmethod = \"anycast\""), "unknown variant `anycast`"),
+        (&format!("{AWS_VIP}[vip.aws]\nallocation_id = \"eip-1\""), "vip.aws.allocation_id"),
+        ("[aws]\nregion = \"EU West\"", "aws.region"),
+        ("[aws]\ninstance_id = \"0123\"", "aws.instance_id: `0123` is not an id like \"i-0123abcd\""),
+        ("[aws]\nendpoint_url = \"ec2.local\"", "aws.endpoint_url"),
+        ("[aws]\ncall_timeout = \"10s\"\ncall_budget = \"1s\"", "aws.call_budget"),
+        ("[aws]\nretries = 3", "unknown field `retries`"),
+        ("[volume]\nmode = \"local\"\ndevice = \"/dev/sdb\"", "volume.mount_point: is required"),
+        ("[volume]\nmode = \"local\"\nmount_point = \"/pbx\"", "volume.device: is required"),
+        ("[volume]\nmode = \"local\"\ndevice = \"sdb\"\nmount_point = \"/pbx\"", "volume.device: `sdb`"),
+        ("[volume]\nmode = \"local\"\ndevice = \"/dev/sdb\"\nmount_point = \"/\"", "volume.mount_point"),
+        (
+            "[volume]\nmode = \"aws-ebs\"\ndevice = \"/dev/sdf\"\nmount_point = \"/pbx\"",
+            "volume.volume_id: is required",
+        ),
+        (&ebs.replace("vol-0abc", "0abc"), "volume.volume_id: `0abc`"),
+        (&ebs.replace("aws-ebs", "local"), "volume.volume_id: applies to mode \"aws-ebs\" only"),
+        (&format!("{ebs}on_acquire = \" \""), "volume.on_acquire: is empty"),
+        (&format!("{ebs}hook_timeout = \"1ms\""), "volume.hook_timeout"),
+        (&format!("{ebs}mount = true"), "unknown field `mount`"),
+        ("[volume]\nmode = \"nfs\"", "unknown variant `nfs`"),
+    ];
+    for (extra, want) in cases {
+        let e = err(&cluster(extra));
+        assert!(e.contains(want), "{extra:?}: got {e:?}, want {want:?}");
+    }
+    let e = err(&format!("{MINIMAL}{ebs}"));
+    assert!(e.contains("volume.mode: a volume moves between cluster nodes"), "{e}");
+    let e = err(&cluster("").replace("name = \"pbx\"", "name = \"pbx\"\nnode = 7"));
+    assert!(e.contains("backend[0].node: 7 is not in cluster.peers"), "{e}");
 }
 
 fn err(text: &str) -> String {

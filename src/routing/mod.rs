@@ -17,6 +17,8 @@ pub struct Backend {
     pub transport: Transport,
     pub priority: u32,
     pub weight: u32,
+    /// The cluster node it runs on, if the config says (`[[backend]] node`).
+    pub node: Option<u32>,
 }
 
 impl Backend {
@@ -46,6 +48,7 @@ impl Routing {
                     transport: t.transport,
                     priority: c.priority,
                     weight: c.weight,
+                    node: c.node,
                 })
             })
             .collect();
@@ -98,7 +101,7 @@ mod tests {
     use super::*;
 
     fn cfg(name: &str, port: u16, priority: u32, weight: u32) -> BackendConfig {
-        BackendConfig { name: name.into(), uri: format!("sip:127.0.0.1:{port}"), priority, weight }
+        BackendConfig { name: name.into(), uri: format!("sip:127.0.0.1:{port}"), priority, weight, node: None }
     }
 
     #[test]

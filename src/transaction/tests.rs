@@ -41,6 +41,7 @@ fn rig(backends: &[&str]) -> Rig {
             uri: format!("sip:{b}"),
             priority: i as u32 + 1,
             weight: 1,
+            node: None,
         })
         .collect();
     let settings = Settings::for_tests("127.0.0.1");

@@ -127,6 +127,13 @@ impl Lab {
         self.relaunch(i);
     }
 
+    /// The pid of the program under `timeout` (its `/proc/PID/root` shows its mount namespace), while it runs.
+    pub fn program_pid(&mut self, label: &str) -> Option<u32> {
+        let i = self.idx(label);
+        self.procs[i].proc.try_wait().is_none().then_some(())?;
+        super::shared::child_pids(self.procs[i].proc.child.id()).first()?.parse().ok()
+    }
+
     /// Whether `label` is still running.
     pub fn alive(&mut self, label: &str) -> bool {
         let i = self.idx(label);
