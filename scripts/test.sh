@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
-# sip-tester, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, the moto EC2 emulator
-# from PyPI), then formatting, clippy, unit, in-process, real-binary, EC2-emulator and (as root)
-# network-namespace cluster and volume tests.
+# sip-tester, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, Chromium for the
+# dashboard test, the moto EC2 emulator from PyPI), then formatting, clippy, unit, in-process, real-binary,
+# EC2-emulator, browser and (as root) network-namespace cluster and volume tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+{ [ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ]; } || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   SUDO=""

@@ -24,10 +24,12 @@
 //! (ACK for a 2xx, stray responses) or gives it to a [`transaction`] task, which forwards it to the backend picked
 //! by [`routing`] and relays the answers back.
 
+pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod dialog;
 pub mod error;
+pub mod events;
 pub mod failover;
 pub mod health;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use sipfront::config::Config;
+use sipfront::config::{Config, LogFormat};
 use sipfront::server::Server;
 
 /// The config `sipfront run` uses when no file is given: one node on 127.0.0.1:5060 (UDP and TCP) in front of
@@ -30,12 +30,16 @@ enum Command {
     },
     /// Validate a config file: print a one-line summary, or the key at fault and why.
     CheckConfig { file: PathBuf },
-    /// Show every cluster node's role, term, leader, log position, lag and who holds the VIP.
+    /// Show every cluster node's role, term, leader, log position, lag and who holds the VIP: from a node's
+    /// admin API (`--url`, or the config's `[admin] listen`), else over the cluster protocol.
     Status {
-        /// Any node's config file (for the peers and the cluster secret).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Print JSON-like debug output instead of the table.
+        /// Any node's config file (its `[admin] listen`, or the peers and the cluster secret).
+        #[arg(long, short, required_unless_present = "url")]
+        config: Option<PathBuf>,
+        /// A node's admin API, `http://HOST:PORT` (no config needed).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the statuses in full (debug form) instead of the table.
         #[arg(long)]
         raw: bool,
     },
@@ -62,15 +66,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Status { config, raw } => ctl(&config, |cfg| async move {
-            let all = sipfront::cluster::ctl::statuses(&cfg).await?;
-            if raw {
-                println!("{all:#?}");
-            } else {
-                print!("{}", sipfront::cluster::ctl::render(&all));
-            }
-            Ok(())
-        }),
+        Command::Status { config, url, raw } => status(config, url, raw),
         Command::Switchover { config, to } => ctl(&config, |cfg| async move {
             println!("{}", sipfront::cluster::ctl::switchover(&cfg, to).await?);
             Ok(())
@@ -87,7 +83,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing(&cfg.log.level);
+            init_tracing(&cfg.log.level, cfg.log.format);
             // One thread: every message wakes at most one task, and a wake-up is a queue push, not a futex call
             // to another worker. Measured with ../shared/bench/run-bench.sh (2,000 calls/s): 14.0 % of a core on
             // the current-thread runtime against 19.4 % on the 2-worker one; the clean ceiling (8,000 calls/s,
@@ -103,6 +99,45 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `sipfront status`: through a node's admin API when one is named (or configured), else the peer protocol.
+fn status(config: Option<PathBuf>, url: Option<String>, raw: bool) -> ExitCode {
+    let show = move |all: Vec<(u64, Result<sipfront::cluster::NodeStatus, String>)>| {
+        if raw {
+            println!("{all:#?}");
+        } else {
+            print!("{}", sipfront::cluster::ctl::render(&all));
+        }
+    };
+    if let Some(url) = url {
+        let Some(rt) = runtime() else { return ExitCode::FAILURE };
+        return match rt.block_on(sipfront::admin::client::get_json(&url, "/api/v1/cluster")) {
+            Ok(v) => {
+                show(sipfront::admin::client::statuses_from(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let path = config.expect("clap requires --config without --url");
+    ctl(&path, |cfg| async move {
+        let all = match cfg.admin.listen {
+            Some(mut a) => {
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                let v = sipfront::admin::client::get_json(&format!("http://{a}"), "/api/v1/cluster").await?;
+                sipfront::admin::client::statuses_from(&v)
+            }
+            None => sipfront::cluster::ctl::statuses(&cfg).await?,
+        };
+        show(all);
+        Ok(())
+    })
 }
 
 /// Run an operator command against the cluster named in a config file.
@@ -139,18 +174,44 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-fn init_tracing(level: &str) {
+fn init_tracing(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // openraft narrates every election at info; its warnings are what an operator needs.
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init(),
+        // One JSON object per line: timestamp, level, fields, message; for journald/Loki/Elastic shippers.
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).init(),
+    }
+}
+
+/// The process's Prometheus recorder (every `metrics::` call lands in it); `None` if one is already set.
+fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Durations from sub-millisecond (probe RTTs on a LAN) to tens of seconds (an EBS attach).
+    const BUCKETS: &[f64] =
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let builder = PrometheusBuilder::new().set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS).ok()?;
+    match builder.install_recorder() {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Prometheus recorder: /metrics will be empty");
+            None
+        }
+    }
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    let prometheus = install_metrics();
     sipfront::metrics::describe();
     let shutdown = CancellationToken::new();
     let server = Server::start(&cfg, shutdown.clone()).await?;
+    if cfg.admin.listen.is_some() {
+        let cluster = server.cluster.as_ref().map(|c| c.shared.clone());
+        let state = sipfront::admin::AdminState::new(&cfg, server.proxy.clone(), cluster, prometheus)?;
+        sipfront::admin::start(state, shutdown.child_token()).await?;
+    }
     tracing::info!(node = cfg.node.id, name = %cfg.node.name, backends = cfg.backends.len(), "sipfront running");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -41,6 +41,12 @@ pub const FAILOVER_STEP_SECONDS: &str = "sipfront_failover_step_seconds";
 pub const FAILOVER_STEP_FAILURES: &str = "sipfront_failover_step_failures_total";
 pub const FAILOVER_FENCED: &str = "sipfront_failover_fenced_total";
 pub const VOLUME_HELD: &str = "sipfront_volume_held";
+pub const CALLS: &str = "sipfront_calls_total";
+pub const PROBE_RTT: &str = "sipfront_probe_rtt_seconds";
+pub const FAILOVER_EVENTS: &str = "sipfront_failover_events_total";
+pub const FAILOVER_DURATION: &str = "sipfront_failover_duration_seconds";
+pub const BACKEND_DRAINED: &str = "sipfront_backend_drained";
+pub const ADMIN_UNAUTHORIZED: &str = "sipfront_admin_unauthorized_total";
 
 /// Describe every metric (call once, after a recorder is installed).
 pub fn describe() {
@@ -88,5 +94,11 @@ pub fn describe() {
     describe_counter!(FAILOVER_STEP_FAILURES, "Failover steps that failed and will be retried, by resource and step");
     describe_counter!(FAILOVER_FENCED, "Moves refused because the resource carries a newer Raft term, by resource");
     describe_gauge!(VOLUME_HELD, "1 while the data volume is attached and mounted here and its hook has run");
+    describe_counter!(CALLS, "Calls established through this node (dialogs confirmed by a 2xx to INVITE)");
+    metrics::describe_histogram!(PROBE_RTT, "Round trip of answered OPTIONS probes, by backend");
+    describe_counter!(FAILOVER_EVENTS, "Failover events seen by this node, by kind (vip-acquired, leader-changed ...)");
+    metrics::describe_histogram!(FAILOVER_DURATION, "How long a failover event took (VIP gap, switchover), by kind");
+    describe_gauge!(BACKEND_DRAINED, "1 while a backend is drained (no new calls), by backend");
+    describe_counter!(ADMIN_UNAUTHORIZED, "Admin API requests refused for a missing or wrong bearer token");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

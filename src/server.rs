@@ -87,6 +87,11 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
+        if proxy.is_active() {
+            let name = &proxy.routing.backends()[ev.backend].name;
+            let kind = if ev.state == BackendState::Down { "backend-down" } else { "backend-up" };
+            proxy.events.record(kind, name.clone(), None);
+        }
         if ev.state != BackendState::Down || !proxy.is_active() {
             continue;
         }

@@ -38,12 +38,7 @@ pub async fn statuses(cfg: &Config) -> anyhow::Result<Vec<(u64, Result<NodeStatu
 pub async fn switchover(cfg: &Config, to: u64) -> anyhow::Result<String> {
     let (key, peers) = key(cfg)?;
     let all = statuses(cfg).await?;
-    let leader = all
-        .iter()
-        .filter_map(|(_, s)| s.as_ref().ok())
-        .find(|s| s.role == "leader" && s.leader == Some(s.id))
-        .map(|s| s.id)
-        .ok_or_else(|| anyhow::anyhow!("no node reports itself leader (is a quorum up?)"))?;
+    let leader = leader_of(&all).ok_or_else(|| anyhow::anyhow!("no node reports itself leader (is a quorum up?)"))?;
     let addr = peers.iter().find(|(id, _)| *id == leader).map(|(_, a)| *a).expect("leader is a peer");
     let mut c = PeerClient::new(leader, addr, key);
     match c.call(&Request::Switchover { to }, Duration::from_secs(10)).await {
@@ -52,6 +47,26 @@ pub async fn switchover(cfg: &Config, to: u64) -> anyhow::Result<String> {
         Ok(_) => Err(anyhow::anyhow!("unexpected answer from node {leader}")),
         Err(e) => Err(anyhow::anyhow!("node {leader}: {e}")),
     }
+}
+
+/// Ask the leader to drain (or undrain) a backend.
+pub async fn drain(cfg: &Config, backend: &str, drained: bool) -> anyhow::Result<String> {
+    let (key, peers) = key(cfg)?;
+    let all = statuses(cfg).await?;
+    let leader = leader_of(&all).ok_or_else(|| anyhow::anyhow!("no node reports itself leader (is a quorum up?)"))?;
+    let addr = peers.iter().find(|(id, _)| *id == leader).map(|(_, a)| *a).expect("leader is a peer");
+    let mut c = PeerClient::new(leader, addr, key);
+    match c.call(&Request::Drain { backend: backend.to_owned(), drained }, ASK_TIMEOUT).await {
+        Ok(Response::Drain(Ok(msg))) => Ok(msg),
+        Ok(Response::Drain(Err(e))) => Err(anyhow::anyhow!("{e}")),
+        Ok(_) => Err(anyhow::anyhow!("unexpected answer from node {leader}")),
+        Err(e) => Err(anyhow::anyhow!("node {leader}: {e}")),
+    }
+}
+
+/// The node that reports itself leader, if one does.
+pub fn leader_of(all: &[(u64, Result<NodeStatus, String>)]) -> Option<u64> {
+    all.iter().filter_map(|(_, s)| s.as_ref().ok()).find(|s| s.role == "leader" && s.leader == Some(s.id)).map(|s| s.id)
 }
 
 /// The status table `sipfront status` prints.

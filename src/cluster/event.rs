@@ -79,6 +79,8 @@ pub enum Event {
     FlowGone { token: Bytes },
     /// A backend was declared up or down.
     Backend { index: u16, up: bool },
+    /// A backend was drained (no new calls) or undrained by an operator.
+    Drain { index: u16, drained: bool },
 }
 
 /// One Raft log entry: the events one node produced over a few milliseconds.

@@ -65,7 +65,8 @@ const BATCH_LINGER: Duration = Duration::from_millis(20);
 const BATCH_MAX: usize = 4096;
 
 /// One node's view, for `sipfront status` (and the admin surface).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default)]
 pub struct NodeStatus {
     pub id: u64,
     pub name: String,
@@ -93,7 +94,12 @@ pub struct NodeStatus {
     pub events_dropped: u64,
     /// The data volume here: `vol-0123 held (term 7)`, `... acquiring; attempt 2 failed: ...`.
     pub volume: Option<String>,
+    /// This node's most recent failover events (the admin API merges every node's into one timeline).
+    pub events: Vec<crate::events::FailoverEvent>,
 }
+
+/// How many of its events a node sends in its status.
+const EVENTS_IN_STATUS: usize = 50;
 
 /// What the cluster thread shares with its tasks and the request handler.
 pub struct Shared {
@@ -137,6 +143,28 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         true
+    }
+
+    /// Drain or undrain a backend here and, on the leader, replicate it. Refused on a follower: the leader
+    /// routes the calls.
+    pub fn drain(&self, backend: &str, drained: bool) -> Result<String, String> {
+        if self.raft.metrics().borrow_watched().current_leader != Some(self.id) {
+            return Err(format!("node {} is not the leader", self.id));
+        }
+        let index = self
+            .proxy
+            .routing
+            .backends()
+            .iter()
+            .position(|b| b.name == backend)
+            .ok_or_else(|| format!("no backend named `{backend}`"))?;
+        let changed = self.proxy.health.set_drained(index, drained);
+        if let (true, Ok(i)) = (changed, u16::try_from(index)) {
+            self.journal.record(Event::Drain { index: i, drained });
+        }
+        let what = if drained { "drained" } else { "undrained" };
+        self.proxy.events.record("backend-drain", format!("{backend} {what}"), None);
+        Ok(format!("{backend} {what}"))
     }
 
     pub fn status(&self) -> NodeStatus {
@@ -183,6 +211,7 @@ impl Shared {
             flows: self.proxy.flows.len(),
             events_dropped: self.journal.dropped(),
             volume: self.volume.get().map(|v| v.render()),
+            events: self.proxy.events.recent(EVENTS_IN_STATUS),
         }
     }
 }
@@ -202,6 +231,7 @@ impl net::Handler for Shared {
             }
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Switchover { to } => Response::Switchover(role::switchover(self, to).await),
+            Request::Drain { backend, drained } => Response::Drain(self.drain(&backend, drained)),
         }
     }
 }
@@ -341,7 +371,8 @@ async fn run(shared: Arc<Shared>, res: Resources, events: mpsc::Receiver<Event>,
     // The volume task outlives the role loop: the loop's last act is asking it to release, and waiting.
     let volume_stop = CancellationToken::new();
     if let Some(v) = res.volume {
-        let _ = shared.volume.set(Arc::new(VolumeHandle::start(v, shared.id as u32, volume_stop.clone())));
+        let handle = VolumeHandle::start(v, shared.id as u32, shared.proxy.events.clone(), volume_stop.clone());
+        let _ = shared.volume.set(Arc::new(handle));
     }
     let listener = shared.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(l) = listener {

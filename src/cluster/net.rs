@@ -45,6 +45,11 @@ pub enum Request {
     Switchover {
         to: u64,
     },
+    /// Operator: drain (or undrain) the backend named `backend`; the leader applies and replicates it.
+    Drain {
+        backend: String,
+        drained: bool,
+    },
 }
 
 /// The answer; errors travel as text (the caller only needs to know the peer could not do it).
@@ -56,6 +61,7 @@ pub enum Response {
     TransferLeader(Result<TransferLeaderResponse<C>, String>),
     Status(Box<NodeStatus>),
     Switchover(Result<String, String>),
+    Drain(Result<String, String>),
 }
 
 /// How long a connection attempt may take at most.

@@ -60,6 +60,10 @@ fn hold_verdict(shared: &Shared, m: &openraft::RaftMetrics<super::TypeConfig>, n
 /// The role loop: take or release the VIP and the serving role as [`hold_verdict`] says, until `stop`.
 pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: CancellationToken) {
     let volume = shared.volume.get().cloned();
+    let events = shared.proxy.events.clone();
+    // The leader this node last saw, and when it last saw another node serve (for the gap a takeover closes).
+    let mut seen_leader: Option<u64> = None;
+    let mut other_leader_seen: Option<Instant> = None;
     let mut placement = super::placement::Placement::new();
     vip.remove_stale();
     let mut watch = shared.raft.metrics();
@@ -77,6 +81,15 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
         }
         let mm = watch.borrow_watched().clone();
         let now = Instant::now();
+        if mm.current_leader != seen_leader {
+            if let Some(l) = mm.current_leader {
+                events.record("leader-changed", format!("node {l} leads, term {}", mm.current_term), None);
+            }
+            seen_leader = mm.current_leader;
+        }
+        if mm.current_leader.is_some_and(|l| l != shared.id) {
+            other_leader_seen = Some(now);
+        }
         let why_not = hold_verdict(&shared, &mm, now);
         metrics::gauge!(m::CLUSTER_TERM).set(mm.current_term as f64);
         metrics::gauge!(m::CLUSTER_LEADER).set(mm.current_leader.unwrap_or(0) as f64);
@@ -96,6 +109,8 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
                 match vip.acquire(&claim).await {
                     Ok(()) => {
                         vip_retry = None;
+                        let gap = other_leader_seen.map(|t| now.duration_since(t));
+                        events.record("vip-acquired", format!("term {}", mm.current_term), gap);
                         if let Some(v) = &volume {
                             v.own(claim);
                         }
@@ -130,6 +145,7 @@ pub async fn run(shared: std::sync::Arc<Shared>, mut vip: Vip, stop: Cancellatio
                 shared.vip_held.store(false, Ordering::Relaxed);
                 metrics::gauge!(m::VIP_HELD).set(0.0);
                 metrics::counter!(m::VIP_CHANGES, "action" => "release").increment(1);
+                events.record("vip-released", why.clone(), None);
                 match r {
                     Ok(()) => tracing::warn!(reason = %why, term = mm.current_term, "released the VIP, not serving"),
                     Err(e) => tracing::error!(reason = %why, error = %e, "cannot release the VIP"),
@@ -285,6 +301,7 @@ pub async fn switchover(shared: &Shared, to: u64) -> Result<String, String> {
         Ok(()) if shared.raft.metrics().borrow_watched().current_leader == Some(to) => {
             let ms = t0.elapsed().as_millis();
             tracing::info!(to, ms = ms as u64, "switchover done");
+            shared.proxy.events.record("switchover", format!("node {} to node {to}", shared.id), Some(t0.elapsed()));
             Ok(format!("node {to} leads now ({ms} ms)"))
         }
         _ => Err(format!("node {to} did not take over within {window:?}; this node keeps the role")),

@@ -81,6 +81,9 @@ impl StateMachine {
             Event::Backend { index, up } => {
                 self.proxy.health.apply(usize::from(*index), if *up { BackendState::Up } else { BackendState::Down })
             }
+            Event::Drain { index, drained } => {
+                self.proxy.health.set_drained(usize::from(*index), *drained);
+            }
         }
     }
 

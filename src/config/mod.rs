@@ -67,6 +67,9 @@ pub struct Config {
     /// `[volume]`: the PBX data volume that follows the active role.
     #[serde(default)]
     pub volume: VolumeConfig,
+    /// `[admin]`: metrics, HTTP API and dashboard.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// `[[backend]]` tables: the PBXs, in any order (priority decides).
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -233,6 +236,32 @@ pub struct LogConfig {
     /// A `tracing` filter: `info`, `debug`, `sipfront::proxy=debug,info` ... (RUST_LOG overrides it).
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// `"text"` (one readable line per event) or `"json"` (one JSON object per line, for log shippers).
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[admin]`: the HTTP admin surface (metrics, API, dashboard). Absent: no admin listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `"127.0.0.1:9090"`: where the admin HTTP server listens. Every node of a cluster serves the whole
+    /// cluster's view.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// A file whose content (≥ 16 bytes) is the bearer token the mutating endpoints require. Without it they
+    /// answer 401 to everyone.
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn default_log_level() -> String {
@@ -241,7 +270,7 @@ fn default_log_level() -> String {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: default_log_level() }
+        LogConfig { level: default_log_level(), format: LogFormat::Text }
     }
 }
 
@@ -421,6 +450,12 @@ impl Config {
         }
         self.aws.validate()?;
         self.volume.validate()?;
+        if let Some(path) = &self.admin.token_file {
+            read_secret_for("admin.token_file", path)?;
+            if self.admin.listen.is_none() {
+                return Err(invalid("admin.token_file", "is set but admin.listen is not"));
+            }
+        }
         if self.volume.mode != VolumeMode::None && self.cluster.is_none() {
             return Err(invalid("volume.mode", "a volume moves between cluster nodes: add a [cluster] section"));
         }

@@ -108,6 +108,8 @@ pub struct DialogTable {
     epoch: Instant,
     /// Confirmed dialogs' changes go to the cluster through it (disabled on a standalone node).
     journal: Journal,
+    /// Calls established here since start.
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl Default for DialogTable {
@@ -127,7 +129,13 @@ impl DialogTable {
 
     /// A table whose confirmed dialogs' changes are replicated through `journal`.
     pub fn with_journal(journal: Journal) -> DialogTable {
-        DialogTable { map: DashMap::new(), count: AtomicUsize::new(0), epoch: Instant::now(), journal }
+        DialogTable {
+            map: DashMap::new(),
+            count: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            journal,
+            calls: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     fn now(&self) -> u32 {
@@ -140,6 +148,28 @@ impl DialogTable {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// How many dialogs each backend is home to (index = backend), for the admin surface.
+    pub fn count_by_home(&self, backends: usize) -> Vec<usize> {
+        let mut n = vec![0; backends];
+        for d in self.map.iter() {
+            if let Some(c) = n.get_mut(usize::from(d.home)) {
+                *c += 1;
+            }
+        }
+        n
+    }
+
+    /// Calls established since start: confirmed here, or (on a standby) learnt through replication, so the
+    /// number follows the cluster on every node. The `sipfront_calls_total` metric counts only the former.
+    pub fn calls_total(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::CALLS).increment(1);
     }
 
     pub fn get(&self, id: &DialogId) -> Option<Dialog> {
@@ -187,6 +217,7 @@ impl DialogTable {
             if d.state == DialogState::Early {
                 d.state = DialogState::Confirmed;
                 d.confirmed = now;
+                self.count_call();
                 d.route_set = route_set;
                 if self.journal.enabled() {
                     self.journal.record(Event::DialogUp(record(&id, &d, now)));
@@ -196,6 +227,7 @@ impl DialogTable {
         }
         let mut d = self.fresh(DialogState::Confirmed, n);
         d.route_set = route_set;
+        self.count_call();
         if self.journal.enabled() {
             self.journal.record(Event::DialogUp(record(&id, &d, now)));
         }
@@ -323,6 +355,11 @@ impl DialogTable {
             Event::DialogUp(r) => {
                 let id = DialogId(r.id.clone());
                 let d = self.dialog_of(r);
+                if !r.terminated && !self.map.contains_key(&id) {
+                    // Seen here through replication: counted for the dashboard, not in the metric (that is
+                    // the serving node's).
+                    self.calls.fetch_add(1, Ordering::Relaxed);
+                }
                 if self.map.insert(id, d).is_none() {
                     self.count.fetch_add(1, Ordering::Relaxed);
                     metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::hook::{self, Hook};
 use super::local::LocalVolume;
 use super::Claim;
+use crate::events::EventLog;
 use crate::metrics as m;
 
 /// The first retry of a failed step comes this soon (a device still held elsewhere is often free a moment
@@ -102,7 +103,7 @@ pub struct VolumeHandle {
 
 impl VolumeHandle {
     /// Start the task (on the current runtime) with "released" as the wanted state.
-    pub fn start(volume: Volume, node: u32, stop: CancellationToken) -> VolumeHandle {
+    pub fn start(volume: Volume, node: u32, events: Arc<EventLog>, stop: CancellationToken) -> VolumeHandle {
         let (want, rx) = watch::channel(Want::Release);
         let status = Arc::new(Mutex::new(VolumeStatus {
             stage: Stage::Releasing,
@@ -112,7 +113,7 @@ impl VolumeHandle {
             last_error: None,
         }));
         let label = volume.label.clone();
-        tokio::spawn(run(volume, node, rx, status.clone(), stop));
+        tokio::spawn(run(volume, node, rx, status.clone(), events, stop));
         VolumeHandle { want, status, label }
     }
 
@@ -155,9 +156,12 @@ async fn run(
     node: u32,
     mut want: watch::Receiver<Want>,
     status: Arc<Mutex<VolumeStatus>>,
+    events: Arc<EventLog>,
     stop: CancellationToken,
 ) {
     let mut backoff = FIRST_RETRY;
+    // The release at start-up is housekeeping, not an event worth the timeline.
+    let mut started = false;
     // Whether the wanted state is reached; a change of `want` clears it.
     let mut settled = false;
     loop {
@@ -209,9 +213,14 @@ async fn run(
                 let took_ms = t0.elapsed().as_millis() as u64;
                 if held {
                     tracing::info!(volume = %vol.label, term, took_ms, "volume held: mounted here, hook done");
+                    events.record("volume-held", format!("{} term {term}", vol.label), Some(t0.elapsed()));
                 } else {
                     tracing::info!(volume = %vol.label, took_ms, "volume released here");
+                    if started {
+                        events.record("volume-released", vol.label.clone(), Some(t0.elapsed()));
+                    }
                 }
+                started = true;
                 backoff = FIRST_RETRY;
                 settled = true;
             }

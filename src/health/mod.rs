@@ -109,6 +109,8 @@ struct Slot {
     state: watch::Sender<BackendState>,
     /// Short sections only (one observation); never held across an await.
     inner: Mutex<SlotInner>,
+    /// Maintenance: no new calls (set by the admin API, replicated).
+    drained: std::sync::atomic::AtomicBool,
 }
 
 struct SlotInner {
@@ -146,6 +148,7 @@ impl Health {
                     last_change: None,
                     last_failure: None,
                 }),
+                drained: std::sync::atomic::AtomicBool::new(false),
             })
             .collect();
         Health { slots, pending: Default::default(), events: broadcast::channel(256).0, config, journal }
@@ -175,7 +178,26 @@ impl Health {
 
     /// A probe answered in time with an accepted code.
     pub fn probe_ok(&self, backend: usize, rtt: Duration) {
+        if let Some(slot) = self.slots.get(backend) {
+            metrics::histogram!(m::PROBE_RTT, "backend" => slot.name.clone()).record(rtt.as_secs_f64());
+        }
         self.observe(backend, true, Some(rtt), None);
+    }
+
+    /// Drain (`true`) a backend: it takes no new calls while another backend can, its dialogs go on; or
+    /// undrain it. Whether that changed anything.
+    pub fn set_drained(&self, backend: usize, on: bool) -> bool {
+        let Some(slot) = self.slots.get(backend) else { return false };
+        let was = slot.drained.swap(on, std::sync::atomic::Ordering::Relaxed);
+        if was != on {
+            metrics::gauge!(m::BACKEND_DRAINED, "backend" => slot.name.clone()).set(if on { 1.0 } else { 0.0 });
+            tracing::info!(backend = %slot.name, drained = on, "backend drain changed");
+        }
+        was != on
+    }
+
+    pub fn is_drained(&self, backend: usize) -> bool {
+        self.slots.get(backend).is_some_and(|s| s.drained.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// A failure: a probe timeout or bad answer, or on real traffic a timeout, transport error or 503.

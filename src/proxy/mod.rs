@@ -126,6 +126,8 @@ pub struct Proxy {
     seq: AtomicU64,
     /// Serving: always on a standalone node; on a cluster only while this node leads and holds the VIP.
     active: std::sync::atomic::AtomicBool,
+    /// Recent failover events this node saw (for the admin API and the dashboard).
+    pub events: Arc<crate::events::EventLog>,
 }
 
 impl Proxy {
@@ -146,7 +148,9 @@ impl Proxy {
             h.finish()
         };
         let names: Vec<String> = routing.backends().iter().map(|b| b.name.clone()).collect();
+        let events = Arc::new(crate::events::EventLog::new(settings.node_id));
         Arc::new(Proxy {
+            events,
             health: Health::with_journal(&names, settings.health.clone(), journal.clone()),
             flows: FlowTable::with_journal(settings.max_flows, journal.clone()),
             settings,

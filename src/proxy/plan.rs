@@ -204,14 +204,22 @@ impl Proxy {
         }
     }
 
+    /// The order for new calls: [`Proxy::backend_order`] with drained backends moved last (they take new calls
+    /// only when no other backend is up).
+    fn new_call_order(&self) -> Vec<usize> {
+        let mut order = self.backend_order();
+        order.sort_by_key(|&i| self.health.is_drained(i)); // stable: the policy's order stays within each group
+        order
+    }
+
     fn backend_hops(&self) -> Vec<Hop> {
-        self.backend_order().into_iter().map(|i| self.backend_hop(i)).collect()
+        self.new_call_order().into_iter().map(|i| self.backend_hop(i)).collect()
     }
 
     /// Hops for a request of an established dialog homed on `home`: the home while it is up (moving the dialog
     /// to the policy's survivor when it is not), then the other live backends as fallbacks.
     fn dialog_hops(&self, home: usize, id: Option<&DialogId>) -> Vec<Hop> {
-        let order = self.backend_order();
+        let order = self.new_call_order();
         let home = if self.health.is_up(home) {
             home
         } else {
