@@ -38,13 +38,17 @@ fn sample(text: &str, metric: &str) -> Option<f64> {
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
 fn start(h: &mut Harness) -> String {
+    start_with(h, "")
+}
+
+fn start_with(h: &mut Harness, extra: &str) -> String {
     let token = h.dir.join("admin.token");
     std::fs::write(&token, TOKEN).unwrap();
     let addr = format!("{}:9090", h.front_ip());
     let cfg = FrontConfig::new()
         .backend("pbx", h.pbx(PBX1_PORT), Tp::Udp)
         .health("200ms", "300ms", 3, 2)
-        .section(&format!("[admin]\nlisten = \"{addr}\"\ntoken_file = \"{}\"", token.display()));
+        .section(&format!("[admin]\nlisten = \"{addr}\"\ntoken_file = \"{}\"\n{extra}", token.display()));
     h.start_sipfront(&cfg);
     addr
 }
@@ -53,7 +57,8 @@ fn start(h: &mut Harness) -> String {
 fn metrics_count_known_traffic_and_the_api_answers() {
     let mut h = Harness::new("admin_metrics", 110);
     let pbx = h.start_sipp(SippSpec::uas(&h, "pbx", "uas_health.xml", Tp::Udp, PBX1_PORT).calls(1_000_000));
-    let admin = start(&mut h);
+    // JSON logs too: every line the node writes must be one JSON object.
+    let admin = start_with(&mut h, "[log]\nformat = \"json\"");
     let uac = h.run_sipp(SippSpec::uac(&h, "uac", "uac.xml", Tp::Udp).calls(10));
     uac.assert_ok(10);
 
@@ -97,6 +102,13 @@ fn metrics_count_known_traffic_and_the_api_answers() {
     assert!(code == 200 && page.contains("<canvas") && page.contains("/assets/app.js"), "dashboard page: {page}");
     let (code, js) = http(&admin, "GET", "/assets/app.js", None, "");
     assert!(code == 200 && js.contains("/api/v1/cluster"), "dashboard script");
+    let log = h.front_log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "the node logged: {log}");
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["fields"]["message"].is_string(), "{l}");
+    }
     h.stop_sipp(pbx, Duration::from_millis(100));
 }
 

@@ -3,7 +3,11 @@
 //! snapshot, and refusal of frames sealed with another secret. The fault tests with the real binary, the VIP
 //! and network namespaces are in `tests/cluster_faults.rs`.
 //!
-//! Addresses: 127.0.N.{11,12,13} with N = 3..=6, one per test, SIP on 5060 and peers on 7000 (this file only).
+//! Also: the admin API of a standby answers for the whole cluster, and acts (drain, switchover) through the
+//! leader.
+//!
+//! Addresses: 127.0.N.{11,12,13} with N = 3..=7, one per test, SIP on 5060, peers on 7000, admin on 9090 (this
+//! file only).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +37,11 @@ fn dir(test: &str) -> PathBuf {
 }
 
 fn config(d: &Path, net: u8, i: u32, snapshot_every: u64) -> Config {
-    let toml = format!(
+    Config::from_toml(&config_text(d, net, i, snapshot_every)).unwrap()
+}
+
+fn config_text(d: &Path, net: u8, i: u32, snapshot_every: u64) -> String {
+    format!(
         r#"
 [node]
 id = {i}
@@ -54,8 +62,7 @@ name = "pbx"
 uri = "sip:127.0.{net}.21:5060"
 "#,
         dir = d.display()
-    );
-    Config::from_toml(&toml).unwrap()
+    )
 }
 
 async fn start(cfg: &Config) -> Server {
@@ -220,5 +227,78 @@ async fn frames_sealed_with_another_secret_get_no_answer() {
     assert!(r.is_err(), "a forged frame is dropped, not answered");
     let mut good = PeerClient::new(1, addr, FrameKey::from_secret(b"00112233445566778899aabbccddeeff"));
     assert!(matches!(good.call(&Request::Status, Duration::from_secs(2)).await, Ok(Response::Status(_))));
+    stop_all(nodes, &d).await;
+}
+
+/// `POST` to an admin API: (status, body).
+async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standbys_admin_api_shows_the_cluster_and_acts_through_the_leader() {
+    let d = dir("admin");
+    let token = "admin-token-0123456789abcdef";
+    std::fs::write(d.join("admin.token"), token).unwrap();
+    let mut nodes = Vec::new();
+    let mut admins = Vec::new();
+    for i in 1..=3u32 {
+        let text = format!(
+            "{}\n[admin]\nlisten = \"127.0.7.1{i}:9090\"\ntoken_file = \"{}/admin.token\"\n",
+            config_text(&d, 7, i, 1000),
+            d.display()
+        );
+        let cfg = Config::from_toml(&text).unwrap();
+        let server = start(&cfg).await;
+        let cluster = server.cluster.as_ref().map(|c| c.shared.clone());
+        let state = sipfront::admin::AdminState::new(&cfg, server.proxy.clone(), cluster, None).unwrap();
+        admins.push(sipfront::admin::start(state, CancellationToken::new()).await.unwrap());
+        nodes.push(Node { cfg, server: Some(server) });
+    }
+    let l = leader(&nodes, Duration::from_secs(10)).await;
+    let standby = (l + 1) % 3;
+    let base = format!("http://{}", admins[standby]);
+
+    // The whole cluster, from a standby.
+    let v = sipfront::admin::client::get_json(&base, "/api/v1/cluster").await.unwrap();
+    assert_eq!(v["leader"].as_u64(), Some(l as u64 + 1), "{v}");
+    assert_eq!(v["self"].as_u64(), Some(standby as u64 + 1));
+    let nodes_json = v["nodes"].as_array().unwrap();
+    assert_eq!(nodes_json.len(), 3);
+    assert!(nodes_json.iter().all(|n| n["reachable"] == true), "{v}");
+    let all = sipfront::admin::client::statuses_from(&v);
+    assert!(ctl::render(&all).contains("leader"), "sipfront status renders the API's answer");
+    let (code, _) = post(admins[standby], "/api/v1/backends/pbx/drain", None, "").await;
+    assert_eq!(code, 401, "no token, no drain");
+
+    // Drain through a standby: applied by the leader, replicated to every member.
+    let (code, body) = post(admins[standby], "/api/v1/backends/pbx/drain", Some(token), "").await;
+    assert_eq!(code, 200, "{body}");
+    wait_until("the drain replicated", Duration::from_secs(5), || {
+        nodes.iter().all(|n| n.server.as_ref().unwrap().proxy.health.is_drained(0))
+    })
+    .await;
+
+    // Switchover through a standby's API, to that standby.
+    let (code, body) =
+        post(admins[standby], "/api/v1/switchover", Some(token), &format!("{{\"to\": {}}}", standby + 1)).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(leader(&nodes, Duration::from_secs(10)).await, standby, "the standby leads now");
+    let ev = sipfront::admin::client::get_json(&base, "/api/v1/events?limit=100").await.unwrap();
+    let kinds: Vec<&str> = ev["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for k in ["switchover", "vip-released", "vip-acquired", "leader-changed", "backend-drain"] {
+        assert!(kinds.contains(&k), "{k} in the merged timeline: {kinds:?}");
+    }
     stop_all(nodes, &d).await;
 }
