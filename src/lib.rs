@@ -17,6 +17,8 @@
 //!  cluster/       Raft among the three nodes: replicated tables, leader = active node = VIP holder
 //!  vip/           the cluster's virtual IP on this host (Linux): a process-owned TUN device, gratuitous ARP
 //!  failover/      what follows the active role: the VIP mechanism (linux, aws), the PBX data volume, hooks
+//!  admin/         the HTTP admin surface: metrics, JSON API, actions, the dashboard
+//!  demo/          `sipfront demo`: three nodes, two test PBXs and a call generator on loopback, no root
 //! ```
 //!
 //! A request arrives on a [`transport`] listener, is parsed lazily by [`sip::Message::parse`], and handed to
@@ -27,6 +29,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod dialog;
 pub mod error;
 pub mod events;

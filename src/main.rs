@@ -1,4 +1,5 @@
-//! The `sipfront` command: `run` a node from its config file, or `check-config` a file.
+//! The `sipfront` command: `run` a node from its config file, `check-config` a file, `status` and `switchover`
+//! a cluster, or start the local `demo`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,34 @@ enum Command {
         #[arg(long)]
         to: u64,
     },
+    /// A whole three-node cluster on this machine to look at: three nodes, two test PBXs, a pseudo-VIP and a
+    /// gentle call generator, all on 127.0.9.x (no root, no other software), with the dashboard.
+    Demo {
+        /// The dashboard's address (loopback only).
+        #[arg(long, default_value = "127.0.9.1:8080")]
+        listen: std::net::SocketAddr,
+        /// New calls per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// How long a call lasts, ± 50 % ("20s", "1500ms").
+        #[arg(long, default_value = "20s", value_parser = sipfront::config::parse_duration)]
+        hold: std::time::Duration,
+        /// Stop by itself after this many seconds.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// The working dir (configs, logs, Raft data); default a fresh temp dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Keep the temp dir on exit.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The demo's test PBX (started by `sipfront demo`).
+    #[command(hide = true)]
+    DemoPbx {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +96,27 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { config, url, raw } => status(config, url, raw),
+        Command::Demo { listen, rate, hold, duration, dir, keep } => {
+            let duration = duration.map(std::time::Duration::from_secs);
+            let opts = sipfront::demo::DemoOptions { listen, rate, hold, duration, dir, keep };
+            match sipfront::demo::run(opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DemoPbx { listen } => {
+            let Some(rt) = runtime() else { return ExitCode::FAILURE };
+            match rt.block_on(sipfront::demo::pbx::run(listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: demo PBX on {listen}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Switchover { config, to } => ctl(&config, |cfg| async move {
             println!("{}", sipfront::cluster::ctl::switchover(&cfg, to).await?);
             Ok(())

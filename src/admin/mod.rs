@@ -114,12 +114,17 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-/// The router, for [`start`] and for tests.
-pub fn router(state: Arc<AdminState>) -> Router {
+/// The dashboard's page and assets alone: a node serves them, and so does `sipfront demo` in front of its nodes.
+pub fn assets_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/assets/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/assets/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }))
+}
+
+/// The router, for [`start`] and for tests.
+pub fn router(state: Arc<AdminState>) -> Router {
+    assets_router()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(api::readyz))

@@ -268,11 +268,19 @@ pub struct ResponseBuilder<'a> {
     source: Option<std::net::SocketAddr>,
     to_tag: Option<&'a [u8]>,
     extra: Vec<(&'a str, &'a [u8])>,
+    /// Content-Type and body; `None`: `Content-Length: 0`.
+    body: Option<(&'a str, &'a [u8])>,
 }
 
 impl<'a> ResponseBuilder<'a> {
     pub fn new(req: &'a Message, code: u16, reason: &'a str) -> Self {
-        ResponseBuilder { req, code, reason, source: None, to_tag: None, extra: Vec::new() }
+        ResponseBuilder { req, code, reason, source: None, to_tag: None, extra: Vec::new(), body: None }
+    }
+
+    /// A body and its Content-Type (a UAS's SDP answer; the proxy's own answers have none).
+    pub fn body(mut self, content_type: &'a str, body: &'a [u8]) -> Self {
+        self.body = Some((content_type, body));
+        self
     }
 
     /// Fill received/rport of the top Via from where the request came from.
@@ -341,7 +349,17 @@ impl<'a> ResponseBuilder<'a> {
             out.extend(value.iter().filter(|c| **c != b'\r' && **c != b'\n'));
             out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        match self.body {
+            Some((content_type, body)) => {
+                out.extend_from_slice(b"Content-Type: ");
+                out.extend(content_type.bytes().filter(|c| *c != b'\r' && *c != b'\n'));
+                out.extend_from_slice(b"\r\nContent-Length: ");
+                put_num(&mut out, body.len() as u64);
+                out.extend_from_slice(b"\r\n\r\n");
+                out.extend_from_slice(body);
+            }
+            None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
+        }
         out.freeze()
     }
 }
