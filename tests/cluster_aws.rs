@@ -160,6 +160,23 @@ fn report(what: &str, line: &str) {
     }
 }
 
+/// A lab (tag `tag`) with both PBXs and three nodes sharing a `local` volume on an ext4 image; `adjust`
+/// changes each node's config. `None` when not root.
+fn local_volume_cluster(tag: u8, adjust: impl Fn(NodeConfig) -> NodeConfig) -> Option<Lab> {
+    let mut lab = Lab::new(tag)?;
+    let img = make_image(&lab.dir);
+    lab.start_pbx(1, "uas_health.xml");
+    lab.start_pbx(2, "uas_health.xml");
+    let mut keys = volume_keys(&lab);
+    keys.push(("mode", "\"local\"".into()));
+    keys.push(("device", quoted(&img.display().to_string())));
+    for i in 1..=3u8 {
+        let cfg = adjust(with_table(NodeConfig::cluster(&lab, i), "volume", &keys));
+        lab.start_node(i, &cfg.toml());
+    }
+    Some(lab)
+}
+
 fn holder(vip: &VipSampler) -> u8 {
     poll_until("one VIP holder", Duration::from_secs(15), || vip.holders().len() == 1);
     *vip.holders().first().unwrap()
@@ -179,17 +196,7 @@ fn wait_acks(lab: &Lab, node: u8, n: usize) {
 #[test]
 fn local_volume_follows_the_leader_with_every_acknowledged_record() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(mut lab) = Lab::new(16) else { return };
-    let img = make_image(&lab.dir);
-    lab.start_pbx(1, "uas_health.xml");
-    lab.start_pbx(2, "uas_health.xml");
-    let mut keys = volume_keys(&lab);
-    keys.push(("mode", "\"local\"".into()));
-    keys.push(("device", quoted(&img.display().to_string())));
-    for i in 1..=3u8 {
-        let cfg = with_table(NodeConfig::cluster(&lab, i), "volume", &keys);
-        lab.start_node(i, &cfg.toml());
-    }
+    let Some(mut lab) = local_volume_cluster(16, |c| c) else { return };
     let vip = lab.vip_sampler();
     let old = holder(&vip);
     poll_until("the leader's PBX started on the volume", Duration::from_secs(15), || {
@@ -373,19 +380,8 @@ fn aws_vip_and_ebs_volume_follow_the_leader_after_kill9() {
 #[test]
 fn the_role_and_volume_follow_the_active_backend() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(mut lab) = Lab::new(17) else { return };
-    let img = make_image(&lab.dir);
-    lab.start_pbx(1, "uas_health.xml");
-    lab.start_pbx(2, "uas_health.xml");
-    let mut keys = volume_keys(&lab);
-    keys.push(("mode", "\"local\"".into()));
-    keys.push(("device", quoted(&img.display().to_string())));
-    for i in 1..=3u8 {
-        let cfg = with_table(NodeConfig::cluster(&lab, i), "volume", &keys)
-            .set_backend("pbx1", "node", "1")
-            .set_backend("pbx2", "node", "2");
-        lab.start_node(i, &cfg.toml());
-    }
+    let placed = |c: NodeConfig| c.set_backend("pbx1", "node", "1").set_backend("pbx2", "node", "2");
+    let Some(mut lab) = local_volume_cluster(17, placed) else { return };
     let vip = lab.vip_sampler();
     poll_until("node 1 (pbx1's node) leads", Duration::from_secs(20), || {
         vip.holders().into_iter().collect::<Vec<_>>() == [1]

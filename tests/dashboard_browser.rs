@@ -7,28 +7,17 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{sipfront_bin, Proc};
+use common::{http_exchange, sipfront_bin, Proc};
 
 /// The demo's dashboard (its own address: the demo puts everything on 127.0.9.x).
 const DASH: &str = "127.0.9.1:8080";
 
 fn http(method: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(DASH) else { return (0, String::new()) };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {DASH}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    http_exchange(DASH, method, path, None, "").unwrap_or((0, String::new()))
 }
 
 fn json(path: &str) -> serde_json::Value {

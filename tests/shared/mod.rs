@@ -7,13 +7,17 @@
 //!   sip_text  SipMsg, SIPp message traces, TCP framing, hand-built requests    pure text
 //!   sipp      SippRun: a finished SIPp's exit code, screen totals and trace     reads SIPp's files
 //!   proc      Proc: a child in its own process group, SIGKILLed as a group      processes
+//!   http      http_exchange: one HTTP/1.1 request to an admin API               sockets
 //! ```
 #![allow(dead_code)]
 
+pub mod http;
 pub mod proc;
 pub mod sip_text;
 pub mod sipp;
 
+#[allow(unused_imports)] // only the admin, demo and browser tests talk HTTP
+pub use http::*;
 pub use proc::*;
 pub use sip_text::*;
 pub use sipp::*;
