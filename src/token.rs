@@ -127,6 +127,7 @@ impl TokenKey {
         p.push(match flow.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
         });
         match flow.addr.ip() {
             IpAddr::V4(ip) => p.extend_from_slice(&ip.octets()),
@@ -146,6 +147,7 @@ impl TokenKey {
         let transport = match p[1] {
             0 => Transport::Udp,
             1 => Transport::Tcp,
+            2 => Transport::Tls,
             _ => return None,
         };
         let rest = &p[2..];

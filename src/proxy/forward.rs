@@ -163,6 +163,7 @@ impl Proxy {
         let transport = match next.transport {
             ViaTransport::Udp => Transport::Udp,
             ViaTransport::Tcp => Transport::Tcp,
+            ViaTransport::Tls => Transport::Tls,
             _ => return,
         };
         let ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()).or_else(|| next.sent_by.ip());
