@@ -169,6 +169,11 @@ fn bad_values_name_the_key_and_reason() {
         ("id = 1", "id = 256", "node.id"),
         ("\"udp:127.0.0.1:5060\", ", "\"sctp:127.0.0.1:5060\", ", "unknown transport `sctp`"),
         ("\"udp:127.0.0.1:5060\", ", "\"udp:127.0.0.1\", ", "is not IP:PORT"),
+        ("\"udp:127.0.0.1:5060\", ", "\"wss:127.0.0.1:5060\", ", "transport `wss` is not supported yet"),
+        ("\"udp:127.0.0.1:5060\", ", "\"tls:127.0.0.1:5061\", ", "tls.cert_file: a tls: listener needs"),
+        ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sips:127.0.0.1:5080\"", "write sip:...;transport=tls"),
+        ("[[backend]]", "[tls]\nkey_file = \"/k.pem\"\n[[backend]]", "tls.cert_file: is missing"),
+        ("[[backend]]", "[tls]\nhandshake_timeout = \"1ms\"\n[[backend]]", "tls.handshake_timeout"),
         ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1:5060\"", "sip.advertise"),
         ("advertise = \"127.0.0.1\"", "advertise = \"a b\"", "sip.advertise"),
         ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sip:pbx.example.com\"", "backend[0].uri: `sip:pbx.example.com`"),
@@ -194,6 +199,8 @@ fn cross_field_rules() {
     assert!(err(&dup).contains("backend[1].uri"));
     let no_tcp = MINIMAL.replace(", \"tcp:127.0.0.1:5060\"", "").replace(":5080\"", ":5080;transport=tcp\"");
     assert!(err(&no_tcp).contains("no TCP listener"));
+    let no_tls = MINIMAL.replace(":5080\"", ":5080;transport=tls\"");
+    assert!(err(&no_tls).contains("uses TLS but sip.listen has no TLS listener"), "{}", err(&no_tls));
     let none = MINIMAL.split("[[backend]]").next().unwrap().to_string();
     assert!(err(&none).contains("at least one [[backend]]"));
 }
