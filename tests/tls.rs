@@ -101,9 +101,14 @@ struct TlsNode {
 }
 
 async fn tls_node(pki: &Pki, backends: &str) -> TlsNode {
+    tls_node_with(pki, "", backends).await
+}
+
+/// A node with extra `[tls]` lines.
+async fn tls_node_with(pki: &Pki, tls_extra: &str, backends: &str) -> TlsNode {
     let text = format!(
         "[node]\nid = 1\nname = \"t\"\n[sip]\nlisten = [\"udp:127.0.0.1:0\", \"tls:127.0.0.1:0\"]\n\
-         advertise = \"127.0.0.1\"\n[log]\nlevel = \"warn\"\n[health]\nenabled = false\n{}{backends}",
+         advertise = \"127.0.0.1\"\n[log]\nlevel = \"warn\"\n[health]\nenabled = false\n{}{tls_extra}\n{backends}",
         tls_section(pki, "front")
     );
     let cfg = Config::from_toml(&text).expect("test config");
@@ -301,6 +306,72 @@ async fn requests_reach_a_tls_backend_verified_by_the_ca_file() {
     let (resp, _) = recv_udp(&phone).await;
     assert_eq!(resp.status(), Some(200));
     n.server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_shakes_hands_is_dropped_after_the_handshake_timeout() {
+    let pki = Pki::new("slow");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let n =
+        tls_node_with(&pki, "handshake_timeout = \"300ms\"", &backend("p", "udp", pbx.local_addr().unwrap(), 1)).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(n.tls).await.unwrap();
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(WAIT, silent.read(&mut b)).await.expect("closed within the deadline");
+    assert!(matches!(r, Ok(0) | Err(_)), "sipfront closed the connection: {r:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "not before the timeout: {:?}", started.elapsed());
+    // The listener still serves others.
+    let mut good = connect_tls(&pki, n.tls).await;
+    options(&mut good, n.tls, "h1").await;
+    n.server.shutdown().await;
+}
+
+/// A TLS PBX with a self-signed certificate (not from the test CA): refused by default, accepted with
+/// `verify_backends = false`.
+async fn message_to_self_signed_backend(verify: bool) -> (Option<u16>, bool) {
+    let pki = Pki::new(if verify { "verify-on" } else { "verify-off" });
+    pki.leaf("front");
+    let own = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    std::fs::write(pki.path("lab.crt"), own.cert.pem()).unwrap();
+    std::fs::write(pki.path("lab.key"), own.signing_key.serialize_pem()).unwrap();
+    let pbx = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let extra = format!("verify_backends = {verify}");
+    let n = tls_node_with(&pki, &extra, &backend("p", "tls", pbx.local_addr().unwrap(), 1)).await;
+    let phone = udp_socket().await;
+    let me = phone.local_addr().unwrap();
+    phone.send_to(&request("MESSAGE", "sip:bob@127.0.0.1", me, "UDP", "v1"), n.udp).await.unwrap();
+    let (tcp, _) = tokio::time::timeout(WAIT, pbx.accept()).await.expect("sipfront connects").unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config("lab"));
+    let handshake = tokio::time::timeout(WAIT, acceptor.accept(tcp)).await.expect("handshake ends in time");
+    let shook_hands = handshake.is_ok();
+    if let Ok(stream) = handshake {
+        let mut conn = TlsPeer { stream, buf: Vec::new(), local: pbx.local_addr().unwrap() };
+        let req = conn.recv().await;
+        conn.send(&ResponseBuilder::new(&req, 200, "OK").to_tag(b"x").build()).await;
+    }
+    let status = loop {
+        let (resp, _) = recv_udp(&phone).await;
+        if resp.status().is_some_and(|s| s >= 200) {
+            break resp.status();
+        }
+    };
+    n.server.shutdown().await;
+    (status, shook_hands)
+}
+
+#[tokio::test]
+async fn a_backend_certificate_outside_the_ca_file_is_refused() {
+    let (status, shook_hands) = message_to_self_signed_backend(true).await;
+    assert!(!shook_hands, "sipfront aborted the handshake");
+    assert!(status.is_some_and(|s| s >= 500), "the phone hears a failure: {status:?}");
+}
+
+#[tokio::test]
+async fn verify_backends_false_accepts_a_self_signed_lab_pbx() {
+    let (status, shook_hands) = message_to_self_signed_backend(false).await;
+    assert!(shook_hands);
+    assert_eq!(status, Some(200));
 }
 
 fn config_with(tls: &str) -> String {
