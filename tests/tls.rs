@@ -285,6 +285,56 @@ async fn pbx_hangs_up_over_the_clients_tls_connection() {
 }
 
 #[tokio::test]
+async fn the_pbx_reaches_a_phone_registered_over_tls_through_its_connection() {
+    let pki = Pki::new("register");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let pbx_addr = pbx.local_addr().unwrap();
+    let n = tls_node(&pki, &backend("p", "udp", pbx_addr, 1)).await;
+    let mut phone = connect_tls(&pki, n.tls).await;
+    let me = phone.local;
+    // The Contact is not where the phone is (a NAT, or an ephemeral TLS port): only the flow reaches it.
+    let register = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKtreg;rport\r\n\
+         From: <sip:100@pbx>;tag=r1\r\nTo: <sip:100@pbx>\r\nCall-ID: treg@test\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:100@127.0.0.98:5098;transport=tls>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send(register.as_bytes()).await;
+    let (reg, from) = recv_udp(&pbx).await;
+    let path = text(reg.header(HeaderName::Path).expect("our Path"));
+    assert!(path.contains(&format!("@127.0.0.1:{};lr;ob>", n.udp.port())), "the Path faces the PBX: {path}");
+    let ok = ResponseBuilder::new(&reg, 200, "OK")
+        .to_tag(b"reg")
+        .header("Contact", b"<sip:100@127.0.0.98:5098;transport=tls>;expires=120")
+        .build();
+    pbx.send_to(&ok, from).await.unwrap();
+    assert_eq!(phone.recv_final().await.status(), Some(200));
+
+    let invite =
+        String::from_utf8(request("INVITE", "sip:100@127.0.0.98:5098;transport=tls", pbx_addr, "UDP", "tin").to_vec())
+            .unwrap()
+            .replace("Max-Forwards: 70", &format!("Route: {path}\r\nMax-Forwards: 70"));
+    pbx.send_to(invite.as_bytes(), n.udp).await.unwrap();
+    let inv = phone.recv().await;
+    assert_eq!(inv.method_bytes(), b"INVITE");
+    let vias = values(&inv, HeaderName::Via);
+    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{};", n.tls.port())), "{vias:?}");
+    let rr = values(&inv, HeaderName::RecordRoute);
+    assert!(rr.iter().any(|r| r.contains(";transport=tls;")), "the phone-facing entry says TLS: {rr:?}");
+    phone.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
+    loop {
+        let (m, _) = recv_udp(&pbx).await;
+        if m.status().is_some_and(|s| s >= 200) {
+            assert_eq!(m.status(), Some(486), "the answer came back over the phone's connection");
+            let ack = invite.replacen("INVITE sip:", "ACK sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+            pbx.send_to(ack.as_bytes(), n.udp).await.unwrap();
+            break;
+        }
+    }
+    // No graceful shutdown: it would wait out timer I (T4 on the UDP leg) of the ACKed INVITE.
+}
+
+#[tokio::test]
 async fn requests_reach_a_tls_backend_verified_by_the_ca_file() {
     let pki = Pki::new("backend");
     pki.leaf("front");
