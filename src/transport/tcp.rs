@@ -405,7 +405,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Byt
             _ = cancel.cancelled() => break,
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
-        if wr.write_all(&data).await.is_err() {
+        // A generic stream may buffer (TLS records): flush each message, a no-op on plain TCP.
+        if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
             cancel.cancel();
             break;
         }

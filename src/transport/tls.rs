@@ -110,7 +110,10 @@ pub fn load_client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, T
                 // Unreadable entries in the platform store are skipped; an empty store fails every backend
                 // handshake, which the health checks then report.
                 let found = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(found.certs);
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    tracing::warn!("no CA certificates in the platform store: set tls.ca_file, or TLS backends fail");
+                }
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
