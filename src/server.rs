@@ -31,14 +31,16 @@ pub struct Server {
 impl Server {
     /// Bind every listener and start serving. Fails if a listener cannot be bound.
     pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Server, Error> {
-        let needs_tls = cfg.sip.listen.iter().any(|l| l.transport == Transport::Tls)
+        let needs_tls = cfg.sip.listen.iter().any(|l| matches!(l.transport, Transport::Tls | Transport::Wss))
             || cfg.backends.iter().any(|b| b.target().is_ok_and(|t| t.transport == Transport::Tls));
         let tls = match needs_tls {
             true => Some(Arc::new(TlsContext::load(&cfg.tls.settings()).map_err(Error::Tls)?)),
             false => None,
         };
+        let ws = cfg.websocket.settings();
         let transports =
-            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get(), tls).await?;
+            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get(), tls, ws)
+                .await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
         let settings = Settings::from_config(cfg)?;
         let (proxy, cluster) = if cfg.cluster.is_some() {

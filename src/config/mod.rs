@@ -70,6 +70,9 @@ pub struct Config {
     /// `[tls]`: the certificate of `tls:` listeners and how TLS backends are verified.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `[websocket]`: allowed Origins and frame size of `ws:`/`wss:` listeners.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
     /// `[admin]`: metrics, HTTP API and dashboard.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -87,7 +90,7 @@ pub struct NodeConfig {
     pub name: String,
 }
 
-/// A listener: `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`.
+/// A listener: `udp:IP:PORT`, `tcp:IP:PORT`, `tls:IP:PORT`, `ws:IP:PORT` or `wss:IP:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr {
     pub transport: Transport,
@@ -103,8 +106,9 @@ impl std::str::FromStr for ListenAddr {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
             "tls" => Transport::Tls,
-            "ws" | "wss" => return Err(format!("`{s}`: transport `{proto}` is not supported yet (udp, tcp, tls)")),
-            _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp, tls)")),
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp, tls, ws, wss)")),
         };
         let addr: SocketAddr =
             addr.parse().map_err(|_| format!("`{s}`: `{addr}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
@@ -220,7 +224,7 @@ impl TlsConfig {
                 crate::transport::tls::load_server_config(c, k).map_err(|e| tls_invalid(&e))?;
             }
             (None, None) if listens_tls => {
-                return Err(invalid("tls.cert_file", "a tls: listener needs tls.cert_file and tls.key_file"))
+                return Err(invalid("tls.cert_file", "a tls: or wss: listener needs tls.cert_file and tls.key_file"))
             }
             (None, None) => {}
             (Some(_), None) => return Err(invalid("tls.key_file", "is missing (tls.cert_file is set)")),
@@ -228,6 +232,50 @@ impl TlsConfig {
         }
         if self.ca_file.is_some() {
             crate::transport::tls::load_client_config(&self.settings()).map_err(|e| tls_invalid(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[websocket]`: SIP over WebSocket (RFC 7118) listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Origins a browser may connect from, as sent (`https://app.example.com`); empty: any. A disallowed Origin
+    /// gets HTTP 403; a client that sends no Origin (not a browser) is let in.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket frame accepted, in bytes (a SIP message is one frame; also capped by
+    /// `sip.max_message_size`).
+    #[serde(default = "default_ws_max_frame_size")]
+    pub max_frame_size: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig { allowed_origins: Vec::new(), max_frame_size: default_ws_max_frame_size() }
+    }
+}
+
+fn default_ws_max_frame_size() -> usize {
+    65_535
+}
+
+impl WebSocketConfig {
+    /// The transport layer's view of this section.
+    pub fn settings(&self) -> crate::transport::WsSettings {
+        crate::transport::WsSettings {
+            allowed_origins: self.allowed_origins.clone(),
+            max_frame_size: self.max_frame_size,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_size < 512 {
+            return Err(invalid("websocket.max_frame_size", "must be at least 512 bytes"));
+        }
+        if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
+            return Err(invalid("websocket.allowed_origins", format!("`{o}` is not an origin like \"https://host\"")));
         }
         Ok(())
     }
@@ -499,7 +547,8 @@ impl Config {
         if let Some(path) = &self.sip.secret_file {
             read_secret(path)?;
         }
-        self.tls.validate(self.sip.listen.iter().any(|l| l.transport == Transport::Tls))?;
+        self.tls.validate(self.sip.listen.iter().any(|l| matches!(l.transport, Transport::Tls | Transport::Wss)))?;
+        self.websocket.validate()?;
         let h = &self.health;
         if h.interval.get() < Duration::from_millis(20) {
             return Err(invalid("health.interval", "must be at least 20ms"));

@@ -76,6 +76,8 @@ fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
         Some(t) if t.eq_ignore_ascii_case(b"tcp") => Some(Transport::Tcp),
         Some(t) if t.eq_ignore_ascii_case(b"udp") => Some(Transport::Udp),
         Some(t) if t.eq_ignore_ascii_case(b"tls") => Some(Transport::Tls),
+        Some(t) if t.eq_ignore_ascii_case(b"ws") => Some(Transport::Ws),
+        Some(t) if t.eq_ignore_ascii_case(b"wss") => Some(Transport::Wss),
         _ => None,
     }
 }

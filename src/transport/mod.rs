@@ -1,5 +1,5 @@
-//! Sockets: UDP listeners and TCP/TLS connections (accepted and opened by us), framing of stream messages, and the
-//! one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
+//! Sockets: UDP listeners and TCP/TLS/WS/WSS connections (accepted and opened by us; WebSocket ones only
+//! accepted), framing of stream messages, and the one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
 //! our Via and Record-Route is where answers come back to.
 //!
 //! This module moves bytes; it does not parse SIP beyond stream framing and never decides where a message goes.
@@ -7,6 +7,7 @@
 mod tcp;
 pub mod tls;
 mod udp;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use tcp::{frame_stream_message, Framed, TcpPool};
 pub use tls::{TlsContext, TlsError, TlsSettings};
 pub use udp::UdpListener;
+pub use ws::WsSettings;
 
 use crate::config::ListenAddr;
 
@@ -27,6 +29,10 @@ pub enum Transport {
     Udp,
     Tcp,
     Tls,
+    /// SIP over WebSocket (RFC 7118); only accepted from clients, never opened by us.
+    Ws,
+    /// SIP over secure WebSocket.
+    Wss,
 }
 
 impl Transport {
@@ -36,6 +42,8 @@ impl Transport {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
             Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -45,12 +53,19 @@ impl Transport {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
             Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
     /// Whether the transport is reliable (timers A, E, G do not run; D, I, J, K are zero).
     pub fn is_reliable(&self) -> bool {
         !matches!(self, Transport::Udp)
+    }
+
+    /// Whether a connection of this transport can only be reached while the client keeps it open (WebSocket).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
 }
 
@@ -60,7 +75,7 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// Identifies one TCP or TLS connection for as long as it lives.
+/// Identifies one TCP, TLS or WebSocket connection for as long as it lives.
 pub type ConnId = u64;
 
 /// Where a message came from: enough to answer on the same path (RFC 3261 §18.2.2, RFC 3581).
@@ -97,7 +112,7 @@ pub enum TransportError {
     ConnectTimeout(SocketAddr),
     #[error("tls handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: std::io::Error },
-    #[error("tls listener {0} needs [tls] cert_file and key_file")]
+    #[error("tls/wss listener {0} needs [tls] cert_file and key_file")]
     NoCertificate(SocketAddr),
     #[error("send to {addr} failed: {source}")]
     Io { addr: SocketAddr, source: std::io::Error },
@@ -133,32 +148,33 @@ pub struct Transports {
 
 struct TransportsInner {
     udp: Vec<UdpListener>,
-    /// TCP and TLS connections (one pool: the same framing, ids and idle timeout).
+    /// TCP, TLS and WebSocket connections (one pool: the same ids, reuse and idle timeout).
     tcp: Option<TcpPool>,
     capture: Option<mpsc::UnboundedSender<(Target, Bytes)>>,
 }
 
 impl Transports {
     /// Bind every listener. Nothing is read until [`Transports::start`].
-    /// `tls` is needed for `tls:` listeners and for TLS backends.
+    /// `tls` is needed for `tls:` and `wss:` listeners and for TLS backends; `ws` applies to `ws:`/`wss:`.
     pub async fn bind(
         listen: &[ListenAddr],
         max_message_size: usize,
         tcp_idle: std::time::Duration,
         tls: Option<Arc<TlsContext>>,
+        ws: WsSettings,
     ) -> Result<Transports, TransportError> {
         let mut udp = Vec::new();
         let mut stream_addrs = Vec::new();
         for l in listen {
             match l.transport {
                 Transport::Udp => udp.push(UdpListener::bind(l.addr)?),
-                Transport::Tcp | Transport::Tls => stream_addrs.push((l.transport, l.addr)),
+                _ => stream_addrs.push((l.transport, l.addr)),
             }
         }
         let tcp = if stream_addrs.is_empty() && tls.is_none() {
             None
         } else {
-            Some(TcpPool::bind(&stream_addrs, max_message_size, tcp_idle, tls).await?)
+            Some(TcpPool::bind(&stream_addrs, max_message_size, tcp_idle, tls, ws).await?)
         };
         Ok(Transports { inner: Arc::new(TransportsInner { udp, tcp, capture: None }) })
     }
@@ -184,7 +200,7 @@ impl Transports {
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
             Transport::Udp => self.inner.udp.first().map(|u| u.local_addr()),
-            Transport::Tcp | Transport::Tls => self
+            _ => self
                 .inner
                 .tcp
                 .as_ref()
@@ -201,12 +217,12 @@ impl Transports {
         v
     }
 
-    /// Whether a TCP or TLS connection is still open.
+    /// Whether a stream connection (TCP, TLS, WS, WSS) is still open.
     pub fn conn_alive(&self, conn: ConnId) -> bool {
         self.conn_transport(conn).is_some()
     }
 
-    /// The transport of an open connection (TCP or TLS).
+    /// The transport of an open connection.
     pub fn conn_transport(&self, conn: ConnId) -> Option<Transport> {
         self.inner.tcp.as_ref().and_then(|t| t.transport_of(conn))
     }
@@ -235,7 +251,7 @@ impl Transports {
                     tracing::warn!(to = %target.addr, "no UDP listener for this address family")
                 }
             },
-            Transport::Tcp | Transport::Tls => match &self.inner.tcp {
+            _ => match &self.inner.tcp {
                 Some(t) => t.send_nowait(target, data),
                 None => tracing::warn!(to = %target.addr, transport = %target.transport, "no stream transport"),
             },
@@ -253,7 +269,7 @@ impl Transports {
                 let u = self.udp_for(target.addr).ok_or(TransportError::NoListener(Transport::Udp))?;
                 u.send_wait(target.addr, data).await
             }
-            Transport::Tcp | Transport::Tls => {
+            _ => {
                 let t = self.inner.tcp.as_ref().ok_or(TransportError::NoListener(target.transport))?;
                 t.send(target, data).await
             }

@@ -2,7 +2,9 @@
 //! task per connection, and Content-Length framing (RFC 3261 §18.3). Connections are reused per transport and
 //! remote address; a connection that sends a malformed or oversized frame is closed alone. Double-CRLF pings get a
 //! CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by `[tls] handshake_timeout`) before
-//! it is adopted: framing, idle timeout and connection ids are the same code for both.
+//! it is adopted: framing, idle timeout and connection ids are the same code for both. WebSocket connections
+//! (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by WebSocket (`ws.rs`); they are
+//! only accepted, never opened.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::tls::TlsContext;
+use super::ws::{self, WsSettings};
 use super::{ConnId, Inbound, Source, Target, Transport, TransportError, Verdict};
 use crate::metrics as m;
 
@@ -105,6 +108,8 @@ struct PoolInner {
     idle: Duration,
     /// Certificates and client config; `None` when the node has neither TLS listeners nor TLS backends.
     tls: Option<Arc<TlsContext>>,
+    /// `[websocket]`: Origins and frame size for `ws:`/`wss:` listeners.
+    ws: WsSettings,
     inbound: OnceLock<Arc<dyn Inbound>>,
     shutdown: OnceLock<CancellationToken>,
 }
@@ -121,17 +126,18 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl TcpPool {
-    /// Bind the listeners, each `Transport::Tcp` or `Transport::Tls` (which needs `tls` with a server certificate).
+    /// Bind the listeners, of any stream transport (`Tls` and `Wss` need `tls` with a server certificate).
     pub async fn bind(
         addrs: &[(Transport, SocketAddr)],
         max_message: usize,
         idle: Duration,
         tls: Option<Arc<TlsContext>>,
+        ws: WsSettings,
     ) -> Result<TcpPool, TransportError> {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
         for &(t, addr) in addrs {
-            if t == Transport::Tls && tls.as_ref().is_none_or(|c| c.server.is_none()) {
+            if matches!(t, Transport::Tls | Transport::Wss) && tls.as_ref().is_none_or(|c| c.server.is_none()) {
                 return Err(TransportError::NoCertificate(addr));
             }
             let l = bind_listener(addr).map_err(|source| TransportError::Bind { addr, source })?;
@@ -148,6 +154,7 @@ impl TcpPool {
                 max_message,
                 idle,
                 tls,
+                ws,
                 inbound: OnceLock::new(),
                 shutdown: OnceLock::new(),
             }),
@@ -185,7 +192,8 @@ impl TcpPool {
                         Ok((stream, remote)) => {
                             let _ = stream.set_nodelay(true);
                             match transport {
-                                Transport::Tls => pool.accept_tls(stream, remote),
+                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport),
+                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws),
                                 _ => {
                                     pool.adopt(stream, remote, Transport::Tcp);
                                 }
@@ -202,9 +210,10 @@ impl TcpPool {
         }
     }
 
-    /// Shake hands with a client of a `tls:` listener in a task of its own (a slow client delays no one), then
-    /// adopt the connection. The certificate is the one current at this accept.
-    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr) {
+    /// Shake hands with a client of a `tls:` or `wss:` listener in a task of its own (a slow client delays no
+    /// one), then adopt the connection (`wss:`: after the WebSocket upgrade). The certificate is the one current
+    /// at this accept.
+    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport) {
         let Some(ctx) = self.inner.tls.clone() else { return };
         let Some(server) = ctx.server.as_ref().map(|s| s.current()) else { return };
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
@@ -216,6 +225,7 @@ impl TcpPool {
                 r = tokio::time::timeout(ctx.handshake_timeout, accept) => r,
             };
             match r {
+                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss),
                 Ok(Ok(tls)) => {
                     pool.adopt(tls, remote, Transport::Tls);
                 }
@@ -231,13 +241,40 @@ impl TcpPool {
         });
     }
 
-    /// Register a connected stream and start its reader and writer.
-    fn adopt<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) -> ConnId {
+    /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the TLS
+    /// handshake timeout, then register it and run its frame loop.
+    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) {
+        let pool = self.clone();
+        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        let timeout = self.inner.tls.as_ref().map_or(Duration::from_secs(5), |t| t.handshake_timeout);
+        tokio::spawn(async move {
+            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote, timeout);
+            let socket = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = upgrade => match s { Some(s) => s, None => return },
+            };
+            let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
+            let (id, rx) = pool.register(remote, transport);
+            let conn =
+                ws::Conn { id, source: Source { transport, remote, conn: Some(id) }, idle: pool.inner.idle, inbound };
+            ws::serve(socket, rx, conn, shutdown.child_token()).await;
+            pool.forget(id, remote, transport);
+        });
+    }
+
+    /// Give a new connection an id and a write queue, and make it findable by id and by address.
+    fn register(&self, remote: SocketAddr, transport: Transport) -> (ConnId, mpsc::Receiver<Bytes>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         self.inner.conns.insert(id, ConnHandle { tx, remote, transport });
         self.inner.by_addr.insert((transport, remote), id);
         metrics::gauge!(m::TCP_CONNECTIONS, "transport" => transport.as_lower()).increment(1.0);
+        (id, rx)
+    }
+
+    /// Register a connected stream and start its reader and writer.
+    fn adopt<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) -> ConnId {
+        let (id, rx) = self.register(remote, transport);
         let (rd, wr) = tokio::io::split(stream);
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
@@ -341,6 +378,10 @@ impl TcpPool {
             if let Some(tx) = tx {
                 return tx.send(data).await.map_err(|_| TransportError::Closed(target.addr));
             }
+        }
+        if target.transport.is_websocket() {
+            // A WebSocket client is reachable only over the connection it opened.
+            return Err(TransportError::Closed(target.addr));
         }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
             Ok(Ok(s)) => s,
