@@ -301,7 +301,7 @@ fn bad_tls_files_are_refused_naming_the_key() {
     let e = Config::from_toml(&config_with(&cert_as_key)).unwrap_err().to_string();
     assert!(e.starts_with("tls.key_file: ") && e.contains("no PEM private key"), "{e}");
     let e = Config::from_toml(&config_with("")).unwrap_err().to_string();
-    assert!(e.starts_with("tls.cert_file: a tls: listener needs"), "{e}");
+    assert!(e.starts_with("tls.cert_file: a tls: or wss: listener needs"), "{e}");
     let stray = format!("{}cert = \"x\"\n", tls_section(&pki, "front"));
     let e = Config::from_toml(&config_with(&stray)).unwrap_err().to_string();
     assert!(e.contains("unknown field `cert`"), "{e}");

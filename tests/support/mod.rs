@@ -15,6 +15,7 @@ use sipfront::sip::Message;
 use sipfront::transport::Transport;
 
 pub mod tls;
+pub mod ws;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
