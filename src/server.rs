@@ -37,7 +37,7 @@ impl Server {
             true => Some(Arc::new(TlsContext::load(&cfg.tls.settings()).map_err(Error::Tls)?)),
             false => None,
         };
-        let ws = cfg.websocket.settings();
+        let ws = cfg.websocket.settings(cfg.tls.handshake_timeout.get());
         let transports =
             Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get(), tls, ws)
                 .await?;

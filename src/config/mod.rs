@@ -262,11 +262,12 @@ fn default_ws_max_frame_size() -> usize {
 }
 
 impl WebSocketConfig {
-    /// The transport layer's view of this section.
-    pub fn settings(&self) -> crate::transport::WsSettings {
+    /// The transport layer's view of this section; the upgrade shares `[tls] handshake_timeout`.
+    pub fn settings(&self, handshake_timeout: Duration) -> crate::transport::WsSettings {
         crate::transport::WsSettings {
             allowed_origins: self.allowed_origins.clone(),
             max_frame_size: self.max_frame_size,
+            handshake_timeout,
         }
     }
 

@@ -241,14 +241,13 @@ impl TcpPool {
         });
     }
 
-    /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the TLS
+    /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the
     /// handshake timeout, then register it and run its frame loop.
     fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) {
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
-        let timeout = self.inner.tls.as_ref().map_or(Duration::from_secs(5), |t| t.handshake_timeout);
         tokio::spawn(async move {
-            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote, timeout);
+            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote);
             let socket = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 s = upgrade => match s { Some(s) => s, None => return },

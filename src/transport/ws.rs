@@ -28,11 +28,13 @@ pub struct WsSettings {
     pub allowed_origins: Vec<String>,
     /// Largest WebSocket frame accepted, in bytes.
     pub max_frame_size: usize,
+    /// The HTTP upgrade (after TLS on `wss:`) must be done this long after it starts (`[tls] handshake_timeout`).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for WsSettings {
     fn default() -> Self {
-        WsSettings { allowed_origins: Vec::new(), max_frame_size: 65_535 }
+        WsSettings { allowed_origins: Vec::new(), max_frame_size: 65_535, handshake_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -79,14 +81,13 @@ fn check_upgrade(
     Ok(resp)
 }
 
-/// The HTTP upgrade on an accepted (and for `wss:`, TLS-wrapped) stream, bounded by `timeout`.
+/// The HTTP upgrade on an accepted (and for `wss:`, TLS-wrapped) stream, bounded by the handshake timeout.
 /// `None` when it failed or was refused (already logged and counted).
 pub(super) async fn accept<S>(
     stream: S,
     settings: &WsSettings,
     max_message: usize,
     remote: SocketAddr,
-    timeout: Duration,
 ) -> Option<WebSocketStream<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -96,7 +97,7 @@ where
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_upgrade(settings, remote, req, resp);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    match tokio::time::timeout(timeout, upgrade).await {
+    match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
         Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             // A refusal was counted by its own reason; this counts the rest (not HTTP, bad key, reset).
@@ -183,4 +184,33 @@ pub(super) async fn serve<S>(
         }
     }
     let _ = ws.close(None).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upgrade(settings: &WsSettings, headers: &[(&str, &str)]) -> Result<Response, u16> {
+        let mut req = Request::builder().uri("/");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let remote: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        check_upgrade(settings, remote, &req.body(()).unwrap(), Response::new(())).map_err(|e| e.status().as_u16())
+    }
+
+    #[test]
+    fn the_upgrade_needs_sip_and_an_allowed_origin() {
+        let open = WsSettings::default();
+        let ok = upgrade(&open, &[("Sec-WebSocket-Protocol", "chat, SIP")]).unwrap();
+        assert_eq!(ok.headers()["sec-websocket-protocol"], "sip");
+        assert_eq!(upgrade(&open, &[("Origin", "https://any.example")]).unwrap_err(), 400);
+        assert_eq!(upgrade(&open, &[("Sec-WebSocket-Protocol", "sipx")]).unwrap_err(), 400);
+        let strict = WsSettings { allowed_origins: vec!["https://app.example.com".into()], ..WsSettings::default() };
+        let sip = ("Sec-WebSocket-Protocol", "sip");
+        assert!(upgrade(&strict, &[sip, ("Origin", "https://app.example.com")]).is_ok());
+        assert_eq!(upgrade(&strict, &[sip, ("Origin", "https://evil.example")]).unwrap_err(), 403);
+        assert_eq!(upgrade(&strict, &[("Origin", "https://evil.example")]).unwrap_err(), 403, "Origin first");
+        assert!(upgrade(&strict, &[sip]).is_ok(), "no Origin: not a browser");
+    }
 }
