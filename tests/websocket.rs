@@ -1,7 +1,7 @@
 //! SIP over WebSocket (RFC 7118), in process, with the client of `support/ws.rs` and a raw-socket UDP PBX: a
 //! WS client registers, calls and hangs up, and is called by the PBX through its registration over its own
-//! connection; the same over `wss:`; upgrades with a foreign Origin or without the `sip` subprotocol are refused;
-//! pings are answered. Every wait has a deadline.
+//! connection; the same over `wss:`; a call to a client whose connection is gone fails with 430; upgrades with a
+//! foreign Origin or without the `sip` subprotocol are refused; pings are answered. Every wait has a deadline.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -131,31 +131,32 @@ async fn wss_client_registers_calls_and_hangs_up() {
     n.server.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_pbx_calls_a_ws_client_through_its_registration() {
-    let pki = Pki::new("ws-callee");
-    pki.leaf("front");
-    let pbx = udp_socket().await;
+/// The PBX sends an INVITE along the Path of the client's registration; it must arrive over the client's
+/// WebSocket (the Contact's host is `.invalid`), and the client's 486 must reach the PBX.
+async fn pbx_calls_the_client<S: AsyncRead + AsyncWrite + Unpin>(
+    peer: &mut WsPeer<S>,
+    pbx: &UdpSocket,
+    n: &WsNode,
+    path: &str,
+    port: u16,
+    call: &str,
+) {
+    let (tp, lower) = (peer.transport, peer.transport.to_ascii_lowercase());
     let pbx_addr = pbx.local_addr().unwrap();
-    let n = ws_node(&pki, &backend("p", "udp", pbx_addr, 1)).await;
-    let mut phone = connect_ws(n.ws).await;
-    let path = register(&mut phone, &pbx, &n).await;
-
-    // The Contact's host is .invalid: only the flow named in the Path reaches the client.
-    let ruri = format!("sip:100@{};transport=ws", phone.host);
-    let invite = String::from_utf8(request("INVITE", &ruri, pbx_addr, "UDP", "win").to_vec())
+    let ruri = format!("sip:100@{};transport={lower}", peer.host);
+    let invite = String::from_utf8(request("INVITE", &ruri, pbx_addr, "UDP", call).to_vec())
         .unwrap()
         .replace("Max-Forwards: 70", &format!("Route: {path}\r\nMax-Forwards: 70"));
     pbx.send_to(invite.as_bytes(), n.udp).await.unwrap();
-    let inv = phone.recv().await;
+    let inv = peer.recv().await;
     assert_eq!(inv.method_bytes(), b"INVITE", "the INVITE arrived over the WebSocket");
     let vias = values(&inv, HeaderName::Via);
-    assert!(vias[0].starts_with(&format!("SIP/2.0/WS 127.0.0.1:{};", n.ws.port())), "{vias:?}");
+    assert!(vias[0].starts_with(&format!("SIP/2.0/{tp} 127.0.0.1:{port};")), "{vias:?}");
     let rr = values(&inv, HeaderName::RecordRoute);
-    assert!(rr.iter().any(|r| r.contains(";transport=ws;")), "the client-facing entry says WS: {rr:?}");
-    phone.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
+    assert!(rr.iter().any(|r| r.contains(&format!(";transport={lower};"))), "the client-facing entry: {rr:?}");
+    peer.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
     loop {
-        let (m, _) = recv_udp(&pbx).await;
+        let (m, _) = recv_udp(pbx).await;
         if m.status().is_some_and(|s| s >= 200) {
             assert_eq!(m.status(), Some(486), "the answer came back over the client's connection");
             let ack = invite.replacen("INVITE sip:", "ACK sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
@@ -163,7 +164,55 @@ async fn the_pbx_calls_a_ws_client_through_its_registration() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn the_pbx_calls_a_ws_client_through_its_registration() {
+    let pki = Pki::new("ws-callee");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let n = ws_node(&pki, &backend("p", "udp", pbx.local_addr().unwrap(), 1)).await;
+    let mut phone = connect_ws(n.ws).await;
+    let path = register(&mut phone, &pbx, &n).await;
+    pbx_calls_the_client(&mut phone, &pbx, &n, &path, n.ws.port(), "win").await;
     // No graceful shutdown: it would wait out timer I (T4 on the UDP leg) of the ACKed INVITE.
+}
+
+#[tokio::test]
+async fn the_pbx_calls_a_wss_client_through_its_registration() {
+    let pki = Pki::new("wss-callee");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let n = ws_node(&pki, &backend("p", "udp", pbx.local_addr().unwrap(), 1)).await;
+    let mut phone = connect_wss(&pki, n.wss).await;
+    let path = register(&mut phone, &pbx, &n).await;
+    pbx_calls_the_client(&mut phone, &pbx, &n, &path, n.wss.port(), "sin").await;
+}
+
+#[tokio::test]
+async fn a_call_to_a_ws_client_whose_connection_is_gone_fails_for_the_pbx() {
+    let pki = Pki::new("ws-gone");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let pbx_addr = pbx.local_addr().unwrap();
+    let n = ws_node(&pki, &backend("p", "udp", pbx_addr, 1)).await;
+    let mut phone = connect_ws(n.ws).await;
+    let path = register(&mut phone, &pbx, &n).await;
+    let ruri = format!("sip:100@{};transport=ws", phone.host);
+    phone.ws.close(None).await.unwrap();
+    drop(phone);
+    // sipfront never dials a WebSocket client: the PBX hears 430 Flow Failed instead of silence.
+    let invite = String::from_utf8(request("INVITE", &ruri, pbx_addr, "UDP", "gone").to_vec())
+        .unwrap()
+        .replace("Max-Forwards: 70", &format!("Route: {path}\r\nMax-Forwards: 70"));
+    let status = loop {
+        pbx.send_to(invite.as_bytes(), n.udp).await.unwrap();
+        let (m, _) = recv_udp(&pbx).await;
+        if m.status().is_some_and(|s| s >= 200) {
+            break m.status().unwrap();
+        }
+    };
+    assert_eq!(status, 430, "Flow Failed (RFC 5626 §5.3): the PBX may try the client's other registrations");
 }
 
 fn refusal_status(r: Result<WsPeer<tokio::net::TcpStream>, tungstenite::Error>) -> u16 {
