@@ -1,7 +1,8 @@
 //! SIP over WebSocket (RFC 7118), in process, with the client of `support/ws.rs` and a raw-socket UDP PBX: a
 //! WS client registers, calls and hangs up, and is called by the PBX through its registration over its own
 //! connection; the same over `wss:`; a call to a client whose connection is gone fails with 430; upgrades with a
-//! foreign Origin or without the `sip` subprotocol are refused; pings are answered. Every wait has a deadline.
+//! foreign Origin or without the `sip` subprotocol are refused, and the real binary counts the refusals by reason
+//! in its metrics; pings are answered. Every wait has a deadline.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -251,4 +252,65 @@ async fn a_foreign_origin_or_a_missing_sip_subprotocol_is_refused() {
     let ok = phone.recv_final().await;
     assert_eq!(ok.status(), Some(200), "sipfront answers OPTIONS on the WebSocket");
     n.server.shutdown().await;
+}
+
+/// The real binary, killed on drop.
+struct Binary(std::process::Child);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET /metrics from the admin listener (no token: the exposition is open).
+async fn metrics(admin: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut out)).await.expect("metrics in time").unwrap();
+    out
+}
+
+#[tokio::test]
+async fn the_binary_counts_refused_upgrades_by_reason() {
+    let dir = std::env::temp_dir().join(format!("sipfront-ws-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ws: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[node]\nid = 1\nname = \"t\"\n[sip]\nlisten = [\"udp:127.0.0.1:0\", \"ws:{ws}\"]\nadvertise = \"127.0.0.1\"\n\
+         [log]\nlevel = \"warn\"\n[health]\nenabled = false\n[admin]\nlisten = \"{admin}\"\n\
+         [websocket]\nallowed_origins = [\"{ORIGIN}\"]\n\
+         [[backend]]\nname = \"p\"\nuri = \"sip:127.0.0.1:5080\"\n"
+    );
+    let cfg = dir.join("sipfront.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let _bin = Binary(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sipfront"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(admin).await.is_err() || tokio::net::TcpStream::connect(ws).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "sipfront listens in time");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(refusal_status(try_connect_ws(ws, Some("https://evil.example.net"), Some("sip")).await), 403);
+    assert_eq!(refusal_status(try_connect_ws(ws, Some("https://evil.example.net"), Some("sip")).await), 403);
+    assert_eq!(refusal_status(try_connect_ws(ws, Some(ORIGIN), None).await), 400);
+    let text = metrics(admin).await;
+    assert!(text.contains("sipfront_ws_refused_total{reason=\"origin\"} 2"), "{text}");
+    assert!(text.contains("sipfront_ws_refused_total{reason=\"subprotocol\"} 1"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
