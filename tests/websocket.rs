@@ -2,7 +2,7 @@
 //! WS client registers, calls and hangs up, and is called by the PBX through its registration over its own
 //! connection; the same over `wss:`; a call to a client whose connection is gone fails with 430; upgrades with a
 //! foreign Origin or without the `sip` subprotocol are refused, and the real binary counts the refusals by reason
-//! in its metrics; pings are answered. Every wait has a deadline.
+//! and oversized frames in its metrics; pings are answered. Every wait has a deadline.
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -254,6 +254,27 @@ async fn a_foreign_origin_or_a_missing_sip_subprotocol_is_refused() {
     n.server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_frame_above_max_frame_size_closes_that_connection_only() {
+    let pki = Pki::new("ws-big");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let n = ws_node(&pki, &backend("p", "udp", pbx.local_addr().unwrap(), 1)).await;
+    let mut big = connect_ws(n.ws).await;
+    let mut other = connect_ws(n.ws).await;
+    // 70 000 bytes: above the default max_frame_size (65 535).
+    let _ = big.ws.send(Frame::text("x".repeat(70_000))).await;
+    let closed = loop {
+        match tokio::time::timeout(WAIT, big.ws.next()).await.expect("closed in time") {
+            None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => break true,
+            Some(Ok(_)) => continue,
+        }
+    };
+    assert!(closed);
+    register(&mut other, &pbx, &n).await;
+    n.server.shutdown().await;
+}
+
 /// The real binary, killed on drop.
 struct Binary(std::process::Child);
 
@@ -280,7 +301,7 @@ async fn metrics(admin: std::net::SocketAddr) -> String {
 }
 
 #[tokio::test]
-async fn the_binary_counts_refused_upgrades_by_reason() {
+async fn the_binary_counts_refused_upgrades_and_oversized_frames() {
     let dir = std::env::temp_dir().join(format!("sipfront-ws-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ws: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -309,7 +330,15 @@ async fn the_binary_counts_refused_upgrades_by_reason() {
     assert_eq!(refusal_status(try_connect_ws(ws, Some("https://evil.example.net"), Some("sip")).await), 403);
     assert_eq!(refusal_status(try_connect_ws(ws, Some("https://evil.example.net"), Some("sip")).await), 403);
     assert_eq!(refusal_status(try_connect_ws(ws, Some(ORIGIN), None).await), 400);
+    let mut big = connect_ws(ws).await;
+    let _ = big.ws.send(Frame::text("x".repeat(70_000))).await;
+    while let Ok(Some(Ok(f))) = tokio::time::timeout(WAIT, big.ws.next()).await {
+        if matches!(f, Frame::Close(_)) {
+            break;
+        }
+    }
     let text = metrics(admin).await;
+    assert!(text.contains("sipfront_malformed_dropped_total{reason=\"ws_too_large\"} 1"), "{text}");
     assert!(text.contains("sipfront_ws_refused_total{reason=\"origin\"} 2"), "{text}");
     assert!(text.contains("sipfront_ws_refused_total{reason=\"subprotocol\"} 1"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -155,6 +155,9 @@ pub(super) async fn serve<S>(
                 let msg = match r {
                     Ok(Some(Ok(msg))) => msg,
                     Ok(Some(Err(e))) => {
+                        if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                            metrics::counter!(m::MALFORMED_DROPPED, "reason" => "ws_too_large").increment(1);
+                        }
                         tracing::info!(conn = id, remote = %source.remote, %transport, error = %e, "closing websocket");
                         break;
                     }
