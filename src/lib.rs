@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  phones ─UDP/TCP/TLS► transport ──► proxy ──────────────► transaction ──► transport ──► PBX backends
-//!                      (sockets,     (classify: local      (server + client     (same sockets:
+//!  WebRTC ─WS/WSS─────► (sockets,     (classify: local      (server + client     (same sockets:
 //!                       framing)      answer, stateless     state machines,      replies leave from
 //!                         ▲           ACK/response relay,   timers, serial       the advertised address)
 //!                         │           or new transaction)   failover)
