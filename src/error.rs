@@ -2,7 +2,7 @@
 //! (client side, backend side, or our own), which becomes a metric label.
 
 use crate::config::ConfigError;
-use crate::transport::TransportError;
+use crate::transport::{TlsError, TransportError};
 
 /// Which side of the proxy a failure belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The TLS certificate, key or CA file (named by its config key).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The cluster could not start (data dir, peer port, secret, VIP interface).
     #[error("cluster: {0:#}")]
     Cluster(anyhow::Error),
@@ -39,7 +42,10 @@ pub enum Error {
 impl Error {
     pub fn origin(&self) -> Origin {
         match self {
-            Error::Config(_) | Error::Transport(TransportError::Bind { .. }) | Error::Cluster(_) => Origin::Internal,
+            Error::Config(_)
+            | Error::Transport(TransportError::Bind { .. } | TransportError::NoCertificate(_))
+            | Error::Tls(_)
+            | Error::Cluster(_) => Origin::Internal,
             Error::Transport(_) => Origin::Upstream,
         }
     }

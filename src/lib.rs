@@ -1,8 +1,8 @@
 //! sipfront: a stateful SIP front door for a three-node PBX cluster.
 //!
 //! ```text
-//!  phones ──UDP/TCP──► transport ──► proxy ──────────────► transaction ──► transport ──► PBX backends
-//!                      (sockets,     (classify: local      (server + client     (same sockets:
+//!  phones ─UDP/TCP/TLS► transport ──► proxy ──────────────► transaction ──► transport ──► PBX backends
+//!  WebRTC ─WS/WSS─────► (sockets,     (classify: local      (server + client     (same sockets:
 //!                       framing)      answer, stateless     state machines,      replies leave from
 //!                         ▲           ACK/response relay,   timers, serial       the advertised address)
 //!                         │           or new transaction)   failover)

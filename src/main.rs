@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node in the foreground (SIGINT/SIGTERM stop it gracefully).
+    /// Run a node in the foreground (SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the TLS certificate).
     Run {
         /// The node's TOML config; without it, the embedded single-node default.
         #[arg(long, short)]
@@ -252,6 +252,18 @@ fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     }
 }
 
+/// SIGHUP: new TLS connections get the certificate now in the files; open connections keep theirs. A bad file
+/// leaves the old certificate in use.
+fn reload_tls(server: &Server) {
+    match server.proxy.transports.reload_tls() {
+        None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+        Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Some(Err(e)) => {
+            tracing::error!(key = e.key(), error = %e, "SIGHUP: TLS reload failed, keeping the old certificate")
+        }
+    }
+}
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
     let prometheus = install_metrics();
     sipfront::metrics::describe();
@@ -263,10 +275,15 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         sipfront::admin::start(state, shutdown.child_token()).await?;
     }
     tracing::info!(node = cfg.node.id, name = %cfg.node.name, backends = cfg.backends.len(), "sipfront running");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = hup.recv() => reload_tls(&server),
+        }
     }
     server.shutdown().await;
     tracing::info!("stopped");

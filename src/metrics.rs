@@ -13,6 +13,9 @@ pub const DIALOGS_ACTIVE: &str = "sipfront_dialogs_active";
 pub const TRANSPORT_RX_BYTES: &str = "sipfront_transport_rx_bytes_total";
 pub const TRANSPORT_TX_BYTES: &str = "sipfront_transport_tx_bytes_total";
 pub const TCP_CONNECTIONS: &str = "sipfront_tcp_connections";
+pub const TLS_HANDSHAKE_FAILURES: &str = "sipfront_tls_handshake_failures_total";
+pub const WS_REFUSED: &str = "sipfront_ws_refused_total";
+pub const TLS_RELOADS: &str = "sipfront_tls_reloads_total";
 pub const BUILD_INFO: &str = "sipfront_build_info";
 pub const BACKEND_UP: &str = "sipfront_backend_up";
 pub const BACKEND_STATE_CHANGES: &str = "sipfront_backend_state_changes_total";
@@ -62,7 +65,13 @@ pub fn describe() {
     describe_gauge!(DIALOGS_ACTIVE, "Dialogs in the dialog table");
     describe_counter!(TRANSPORT_RX_BYTES, "Bytes read, by transport");
     describe_counter!(TRANSPORT_TX_BYTES, "Bytes written, by transport");
-    describe_gauge!(TCP_CONNECTIONS, "Open TCP connections");
+    describe_gauge!(TCP_CONNECTIONS, "Open stream connections (TCP, TLS, WS, WSS), by transport");
+    describe_counter!(TLS_HANDSHAKE_FAILURES, "TLS handshakes that failed or timed out, by side (client, backend)");
+    describe_counter!(
+        WS_REFUSED,
+        "WebSocket upgrades refused or failed, by reason (origin, subprotocol, handshake, timeout)"
+    );
+    describe_counter!(TLS_RELOADS, "Certificate reloads on SIGHUP, by result (ok, error)");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
     describe_gauge!(BACKEND_UP, "1 when the backend is up, 0 when down, by backend");
     describe_counter!(BACKEND_STATE_CHANGES, "Backend up/down flips, by backend and new state");

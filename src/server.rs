@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::health::BackendState;
 use crate::proxy::{Proxy, ProxyInbound, Settings};
 use crate::routing::Routing;
-use crate::transport::Transports;
+use crate::transport::{TlsContext, Transport, Transports};
 
 /// How often the reaper looks for expired dialogs, registrations and transaction tombstones.
 const REAP_EVERY: Duration = Duration::from_secs(1);
@@ -31,8 +31,16 @@ pub struct Server {
 impl Server {
     /// Bind every listener and start serving. Fails if a listener cannot be bound.
     pub async fn start(cfg: &Config, shutdown: CancellationToken) -> Result<Server, Error> {
+        let needs_tls = cfg.sip.listen.iter().any(|l| matches!(l.transport, Transport::Tls | Transport::Wss))
+            || cfg.backends.iter().any(|b| b.target().is_ok_and(|t| t.transport == Transport::Tls));
+        let tls = match needs_tls {
+            true => Some(Arc::new(TlsContext::load(&cfg.tls.settings()).map_err(Error::Tls)?)),
+            false => None,
+        };
+        let ws = cfg.websocket.settings(cfg.tls.handshake_timeout.get());
         let transports =
-            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get()).await?;
+            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get(), tls, ws)
+                .await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
         let settings = Settings::from_config(cfg)?;
         let (proxy, cluster) = if cfg.cluster.is_some() {

@@ -127,6 +127,9 @@ impl TokenKey {
         p.push(match flow.transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
+            Transport::Tls => 2,
+            Transport::Ws => 3,
+            Transport::Wss => 4,
         });
         match flow.addr.ip() {
             IpAddr::V4(ip) => p.extend_from_slice(&ip.octets()),
@@ -146,6 +149,9 @@ impl TokenKey {
         let transport = match p[1] {
             0 => Transport::Udp,
             1 => Transport::Tcp,
+            2 => Transport::Tls,
+            3 => Transport::Ws,
+            4 => Transport::Wss,
             _ => return None,
         };
         let rest = &p[2..];

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use crate::transport::{Target, Transport};
 
 /// A client's flow as it travels between nodes: connection ids are local to a process, so only the transport
-/// and the address go; a connection-oriented client reconnects to the new leader.
+/// and the address go; a connection-oriented client reconnects to the new leader. A TLS, WS or WSS flow travels
+/// as `tcp` (the wire format predates them): either way the new leader cannot reach the old connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireTarget {
     pub tcp: bool,
@@ -25,7 +26,7 @@ pub struct WireTarget {
 
 impl From<Target> for WireTarget {
     fn from(t: Target) -> WireTarget {
-        WireTarget { tcp: t.transport == Transport::Tcp, addr: t.addr }
+        WireTarget { tcp: t.transport != Transport::Udp, addr: t.addr }
     }
 }
 

@@ -67,6 +67,12 @@ pub struct Config {
     /// `[volume]`: the PBX data volume that follows the active role.
     #[serde(default)]
     pub volume: VolumeConfig,
+    /// `[tls]`: the certificate of `tls:` listeners and how TLS backends are verified.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// `[websocket]`: allowed Origins and frame size of `ws:`/`wss:` listeners.
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
     /// `[admin]`: metrics, HTTP API and dashboard.
     #[serde(default)]
     pub admin: AdminConfig,
@@ -84,7 +90,7 @@ pub struct NodeConfig {
     pub name: String,
 }
 
-/// A listener: `udp:IP:PORT` or `tcp:IP:PORT`.
+/// A listener: `udp:IP:PORT`, `tcp:IP:PORT`, `tls:IP:PORT`, `ws:IP:PORT` or `wss:IP:PORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenAddr {
     pub transport: Transport,
@@ -99,8 +105,10 @@ impl std::str::FromStr for ListenAddr {
         let transport = match proto.to_ascii_lowercase().as_str() {
             "udp" => Transport::Udp,
             "tcp" => Transport::Tcp,
-            "tls" | "ws" | "wss" => return Err(format!("`{s}`: transport `{proto}` is not supported yet (udp, tcp)")),
-            _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp)")),
+            "tls" => Transport::Tls,
+            "ws" => Transport::Ws,
+            "wss" => Transport::Wss,
+            _ => return Err(format!("`{s}`: unknown transport `{proto}` (udp, tcp, tls, ws, wss)")),
         };
         let addr: SocketAddr =
             addr.parse().map_err(|_| format!("`{s}`: `{addr}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
@@ -152,6 +160,134 @@ fn default_tcp_idle_timeout() -> ConfigDuration {
 }
 fn default_max_forwards() -> u32 {
     70
+}
+
+/// `[tls]`: certificate and key (PEM) for `tls:` listeners, re-read on SIGHUP; how TLS backends are verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first. Needed by a `tls:` listener.
+    #[serde(default)]
+    pub cert_file: Option<std::path::PathBuf>,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
+    /// CAs that sign the TLS backends' certificates; without it, the platform's CA store.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Check TLS backends' certificates (against their IP address). `false` is for lab PBXs with self-signed
+    /// certificates only, and is logged as a warning at start.
+    #[serde(default = "yes")]
+    pub verify_backends: bool,
+    /// A client that has not finished its TLS handshake this long after connecting is dropped.
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub handshake_timeout: ConfigDuration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            verify_backends: true,
+            handshake_timeout: default_tls_handshake_timeout(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_tls_handshake_timeout() -> ConfigDuration {
+    ConfigDuration::secs(5)
+}
+
+impl TlsConfig {
+    /// The transport layer's view of this section.
+    pub fn settings(&self) -> crate::transport::TlsSettings {
+        crate::transport::TlsSettings {
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            ca_file: self.ca_file.clone(),
+            verify_backends: self.verify_backends,
+            handshake_timeout: self.handshake_timeout.get(),
+        }
+    }
+
+    fn validate(&self, listens_tls: bool) -> Result<(), ConfigError> {
+        if self.handshake_timeout.get() < Duration::from_millis(100) {
+            return Err(invalid("tls.handshake_timeout", "must be at least 100ms"));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => {
+                crate::transport::tls::load_server_config(c, k).map_err(|e| tls_invalid(&e))?;
+            }
+            (None, None) if listens_tls => {
+                return Err(invalid("tls.cert_file", "a tls: or wss: listener needs tls.cert_file and tls.key_file"))
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("tls.key_file", "is missing (tls.cert_file is set)")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "is missing (tls.key_file is set)")),
+        }
+        if self.ca_file.is_some() {
+            crate::transport::tls::load_client_config(&self.settings()).map_err(|e| tls_invalid(&e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `[websocket]`: SIP over WebSocket (RFC 7118) listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Origins a browser may connect from, as sent (`https://app.example.com`); empty: any. A disallowed Origin
+    /// gets HTTP 403; a client that sends no Origin (not a browser) is let in.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Largest WebSocket frame accepted, in bytes (a SIP message is one frame; also capped by
+    /// `sip.max_message_size`).
+    #[serde(default = "default_ws_max_frame_size")]
+    pub max_frame_size: usize,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig { allowed_origins: Vec::new(), max_frame_size: default_ws_max_frame_size() }
+    }
+}
+
+fn default_ws_max_frame_size() -> usize {
+    65_535
+}
+
+impl WebSocketConfig {
+    /// The transport layer's view of this section; the upgrade shares `[tls] handshake_timeout`.
+    pub fn settings(&self, handshake_timeout: Duration) -> crate::transport::WsSettings {
+        crate::transport::WsSettings {
+            allowed_origins: self.allowed_origins.clone(),
+            max_frame_size: self.max_frame_size,
+            handshake_timeout,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_size < 512 {
+            return Err(invalid("websocket.max_frame_size", "must be at least 512 bytes"));
+        }
+        if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
+            return Err(invalid("websocket.allowed_origins", format!("`{o}` is not an origin like \"https://host\"")));
+        }
+        Ok(())
+    }
+}
+
+/// A TLS file problem as a config error: the key it names, and the rest of the message as the reason.
+fn tls_invalid(e: &crate::transport::TlsError) -> ConfigError {
+    let key = e.key();
+    let msg = e.to_string();
+    let reason = msg.strip_prefix(key).and_then(|r| r.strip_prefix(": ")).unwrap_or(&msg).to_string();
+    invalid(key, reason)
 }
 
 /// How initial requests pick a backend.
@@ -279,7 +415,8 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: String,
-    /// `sip:IP:PORT;transport=udp|tcp`. The host must be an IP address (no DNS on the hot path).
+    /// `sip:IP:PORT;transport=udp|tcp|tls`. The host must be an IP address (no DNS on the hot path); a TLS
+    /// backend's certificate must name that address.
     pub uri: String,
     /// Lower is preferred.
     #[serde(default = "one")]
@@ -316,16 +453,17 @@ impl BackendConfig {
             None => Transport::Udp,
             Some(t) if t.eq_ignore_ascii_case(b"udp") => Transport::Udp,
             Some(t) if t.eq_ignore_ascii_case(b"tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case(b"tls") => Transport::Tls,
             Some(t) => {
                 return Err(format!(
-                    "`{}`: transport `{}` is not supported (udp, tcp)",
+                    "`{}`: transport `{}` is not supported (udp, tcp, tls)",
                     self.uri,
                     String::from_utf8_lossy(t)
                 ))
             }
         };
         if uri.sips {
-            return Err(format!("`{}`: sips: needs TLS, which is not supported yet", self.uri));
+            return Err(format!("`{}`: sips: URIs are not supported; write sip:...;transport=tls", self.uri));
         }
         Ok(BackendTarget { addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)), transport })
     }
@@ -410,6 +548,8 @@ impl Config {
         if let Some(path) = &self.sip.secret_file {
             read_secret(path)?;
         }
+        self.tls.validate(self.sip.listen.iter().any(|l| matches!(l.transport, Transport::Tls | Transport::Wss)))?;
+        self.websocket.validate()?;
         let h = &self.health;
         if h.interval.get() < Duration::from_millis(20) {
             return Err(invalid("health.interval", "must be at least 20ms"));

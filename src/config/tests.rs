@@ -155,6 +155,19 @@ fn defaults() {
 }
 
 #[test]
+fn websocket_listeners_and_keys() {
+    let text = MINIMAL.replace("\"udp:127.0.0.1:5060\", ", "\"udp:127.0.0.1:5060\", \"ws:127.0.0.1:8080\", ").replace(
+        "[[backend]]",
+        "[websocket]\nallowed_origins = [\"https://app.example.com\"]\nmax_frame_size = 4096\n[[backend]]",
+    );
+    let c = Config::from_toml(&text).unwrap();
+    assert!(c.sip.listen.iter().any(|l| l.transport == Transport::Ws && l.addr.port() == 8080));
+    assert_eq!(c.websocket.allowed_origins, ["https://app.example.com"]);
+    assert_eq!(c.websocket.max_frame_size, 4096);
+    assert_eq!(Config::from_toml(MINIMAL).unwrap().websocket.max_frame_size, 65_535);
+}
+
+#[test]
 fn stray_keys_are_rejected_with_their_name() {
     let e = err(&MINIMAL.replace("[sip]", "[sip]\nlisten_port = 5"));
     assert!(e.contains("unknown field `listen_port`"), "{e}");
@@ -169,6 +182,18 @@ fn bad_values_name_the_key_and_reason() {
         ("id = 1", "id = 256", "node.id"),
         ("\"udp:127.0.0.1:5060\", ", "\"sctp:127.0.0.1:5060\", ", "unknown transport `sctp`"),
         ("\"udp:127.0.0.1:5060\", ", "\"udp:127.0.0.1\", ", "is not IP:PORT"),
+        ("\"udp:127.0.0.1:5060\", ", "\"wss:127.0.0.1:5060\", ", "tls.cert_file: a tls: or wss: listener needs"),
+        ("\"udp:127.0.0.1:5060\", ", "\"tls:127.0.0.1:5061\", ", "tls.cert_file: a tls: or wss: listener needs"),
+        ("[[backend]]", "[websocket]\nmax_frame_size = 10\n[[backend]]", "websocket.max_frame_size"),
+        (
+            "[[backend]]",
+            "[websocket]\nallowed_origins = [\"app.example.com\"]\n[[backend]]",
+            "websocket.allowed_origins",
+        ),
+        ("[[backend]]", "[websocket]\norigins = []\n[[backend]]", "unknown field `origins`"),
+        ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sips:127.0.0.1:5080\"", "write sip:...;transport=tls"),
+        ("[[backend]]", "[tls]\nkey_file = \"/k.pem\"\n[[backend]]", "tls.cert_file: is missing"),
+        ("[[backend]]", "[tls]\nhandshake_timeout = \"1ms\"\n[[backend]]", "tls.handshake_timeout"),
         ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1:5060\"", "sip.advertise"),
         ("advertise = \"127.0.0.1\"", "advertise = \"a b\"", "sip.advertise"),
         ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sip:pbx.example.com\"", "backend[0].uri: `sip:pbx.example.com`"),
@@ -194,6 +219,8 @@ fn cross_field_rules() {
     assert!(err(&dup).contains("backend[1].uri"));
     let no_tcp = MINIMAL.replace(", \"tcp:127.0.0.1:5060\"", "").replace(":5080\"", ":5080;transport=tcp\"");
     assert!(err(&no_tcp).contains("no TCP listener"));
+    let no_tls = MINIMAL.replace(":5080\"", ":5080;transport=tls\"");
+    assert!(err(&no_tls).contains("uses TLS but sip.listen has no TLS listener"), "{}", err(&no_tls));
     let none = MINIMAL.split("[[backend]]").next().unwrap().to_string();
     assert!(err(&none).contains("at least one [[backend]]"));
 }

@@ -163,6 +163,10 @@ impl Proxy {
         let transport = match next.transport {
             ViaTransport::Udp => Transport::Udp,
             ViaTransport::Tcp => Transport::Tcp,
+            ViaTransport::Tls => Transport::Tls,
+            // Reachable only over its own connection, found by address (the sent-by is `.invalid`).
+            ViaTransport::Ws => Transport::Ws,
+            ViaTransport::Wss => Transport::Wss,
             _ => return,
         };
         let ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()).or_else(|| next.sent_by.ip());

@@ -119,6 +119,9 @@ pub struct Proxy {
     /// Port of each transport's listener, for our Via and Record-Route.
     udp_port: Option<u16>,
     tcp_port: Option<u16>,
+    tls_port: Option<u16>,
+    /// `ws:` and `wss:` listener ports, for a Record-Route toward a WebSocket client.
+    ws_ports: (Option<u16>, Option<u16>),
     /// Every listener address, to recognise our own Via and Route entries.
     own_addrs: Vec<(Transport, std::net::SocketAddr)>,
     /// Per-process random part of branches and tags, so a restarted node never reuses one.
@@ -139,6 +142,11 @@ impl Proxy {
     pub fn with_journal(settings: Settings, transports: Transports, routing: Routing, journal: Journal) -> Arc<Proxy> {
         let udp_port = transports.local_addr(Transport::Udp).map(|a| a.port());
         let tcp_port = transports.local_addr(Transport::Tcp).map(|a| a.port());
+        let tls_port = transports.local_addr(Transport::Tls).map(|a| a.port());
+        let ws_ports = (
+            transports.local_addr(Transport::Ws).map(|a| a.port()),
+            transports.local_addr(Transport::Wss).map(|a| a.port()),
+        );
         let instance = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -162,6 +170,8 @@ impl Proxy {
             stats: Stats::default(),
             udp_port,
             tcp_port,
+            tls_port,
+            ws_ports,
             instance,
             seq: AtomicU64::new(1),
             active: std::sync::atomic::AtomicBool::new(true),
@@ -182,6 +192,11 @@ impl Proxy {
         match t {
             Transport::Udp => self.udp_port.or(self.tcp_port),
             Transport::Tcp => self.tcp_port.or(self.udp_port),
+            // Never fall back to a plain port for TLS: a peer would shake hands with a non-TLS listener.
+            Transport::Tls => return self.tls_port.unwrap_or(5061),
+            // RFC 7118 §5's defaults; a WebSocket client only ever reaches a port we listen on anyway.
+            Transport::Ws => return self.ws_ports.0.unwrap_or(80),
+            Transport::Wss => return self.ws_ports.1.unwrap_or(443),
         }
         .unwrap_or(5060)
     }

@@ -75,6 +75,9 @@ fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
     match uri.transport() {
         Some(t) if t.eq_ignore_ascii_case(b"tcp") => Some(Transport::Tcp),
         Some(t) if t.eq_ignore_ascii_case(b"udp") => Some(Transport::Udp),
+        Some(t) if t.eq_ignore_ascii_case(b"tls") => Some(Transport::Tls),
+        Some(t) if t.eq_ignore_ascii_case(b"ws") => Some(Transport::Ws),
+        Some(t) if t.eq_ignore_ascii_case(b"wss") => Some(Transport::Wss),
         _ => None,
     }
 }
@@ -239,9 +242,9 @@ impl Proxy {
         }
         let mut hop = self.hop_for_uri(req.request_uri(), popped.transport)?;
         if let (Some(conn), HopAddr::Resolved(t)) = (popped.conn, &mut hop.addr) {
-            if self.transports.conn_alive(conn) {
+            if let Some(transport) = self.transports.conn_transport(conn) {
                 t.conn = Some(conn);
-                t.transport = Transport::Tcp;
+                t.transport = transport;
             }
         }
         Ok(hop)

@@ -1,11 +1,13 @@
-//! Sockets: UDP listeners and TCP connections (accepted and opened by us), framing of stream messages, and the
-//! one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
+//! Sockets: UDP listeners and TCP/TLS/WS/WSS connections (accepted and opened by us; WebSocket ones only
+//! accepted), framing of stream messages, and the one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
 //! our Via and Record-Route is where answers come back to.
 //!
 //! This module moves bytes; it does not parse SIP beyond stream framing and never decides where a message goes.
 
 mod tcp;
+pub mod tls;
 mod udp;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use tcp::{frame_stream_message, Framed, TcpPool};
+pub use tls::{TlsContext, TlsError, TlsSettings};
 pub use udp::UdpListener;
+pub use ws::WsSettings;
 
 use crate::config::ListenAddr;
 
@@ -24,6 +28,11 @@ use crate::config::ListenAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    Tls,
+    /// SIP over WebSocket (RFC 7118); only accepted from clients, never opened by us.
+    Ws,
+    /// SIP over secure WebSocket.
+    Wss,
 }
 
 impl Transport {
@@ -32,6 +41,9 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+            Transport::Ws => "WS",
+            Transport::Wss => "WSS",
         }
     }
 
@@ -40,12 +52,20 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Ws => "ws",
+            Transport::Wss => "wss",
         }
     }
 
     /// Whether the transport is reliable (timers A, E, G do not run; D, I, J, K are zero).
     pub fn is_reliable(&self) -> bool {
         !matches!(self, Transport::Udp)
+    }
+
+    /// Whether a connection of this transport can only be reached while the client keeps it open (WebSocket).
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
     }
 }
 
@@ -55,7 +75,7 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// Identifies one TCP connection for as long as it lives.
+/// Identifies one TCP, TLS or WebSocket connection for as long as it lives.
 pub type ConnId = u64;
 
 /// Where a message came from: enough to answer on the same path (RFC 3261 §18.2.2, RFC 3581).
@@ -90,6 +110,10 @@ pub enum TransportError {
     Connect { addr: SocketAddr, source: std::io::Error },
     #[error("connect to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("tls handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: std::io::Error },
+    #[error("tls/wss listener {0} needs [tls] cert_file and key_file")]
+    NoCertificate(SocketAddr),
     #[error("send to {addr} failed: {source}")]
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("connection to {0} is closed")]
@@ -124,29 +148,33 @@ pub struct Transports {
 
 struct TransportsInner {
     udp: Vec<UdpListener>,
+    /// TCP, TLS and WebSocket connections (one pool: the same ids, reuse and idle timeout).
     tcp: Option<TcpPool>,
     capture: Option<mpsc::UnboundedSender<(Target, Bytes)>>,
 }
 
 impl Transports {
     /// Bind every listener. Nothing is read until [`Transports::start`].
+    /// `tls` is needed for `tls:` and `wss:` listeners and for TLS backends; `ws` applies to `ws:`/`wss:`.
     pub async fn bind(
         listen: &[ListenAddr],
         max_message_size: usize,
         tcp_idle: std::time::Duration,
+        tls: Option<Arc<TlsContext>>,
+        ws: WsSettings,
     ) -> Result<Transports, TransportError> {
         let mut udp = Vec::new();
-        let mut tcp_addrs = Vec::new();
+        let mut stream_addrs = Vec::new();
         for l in listen {
             match l.transport {
                 Transport::Udp => udp.push(UdpListener::bind(l.addr)?),
-                Transport::Tcp => tcp_addrs.push(l.addr),
+                _ => stream_addrs.push((l.transport, l.addr)),
             }
         }
-        let tcp = if tcp_addrs.is_empty() {
+        let tcp = if stream_addrs.is_empty() && tls.is_none() {
             None
         } else {
-            Some(TcpPool::bind(&tcp_addrs, max_message_size, tcp_idle).await?)
+            Some(TcpPool::bind(&stream_addrs, max_message_size, tcp_idle, tls, ws).await?)
         };
         Ok(Transports { inner: Arc::new(TransportsInner { udp, tcp, capture: None }) })
     }
@@ -172,7 +200,11 @@ impl Transports {
     pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
         match transport {
             Transport::Udp => self.inner.udp.first().map(|u| u.local_addr()),
-            Transport::Tcp => self.inner.tcp.as_ref().and_then(|t| t.local_addrs().first().copied()),
+            _ => self
+                .inner
+                .tcp
+                .as_ref()
+                .and_then(|t| t.local_addrs().iter().find(|(lt, _)| *lt == transport).map(|(_, a)| *a)),
         }
     }
 
@@ -180,14 +212,29 @@ impl Transports {
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
         let mut v: Vec<_> = self.inner.udp.iter().map(|u| (Transport::Udp, u.local_addr())).collect();
         if let Some(t) = &self.inner.tcp {
-            v.extend(t.local_addrs().iter().map(|a| (Transport::Tcp, *a)));
+            v.extend_from_slice(t.local_addrs());
         }
         v
     }
 
-    /// Whether a TCP connection is still open.
+    /// Whether a stream connection (TCP, TLS, WS, WSS) is still open.
     pub fn conn_alive(&self, conn: ConnId) -> bool {
-        self.inner.tcp.as_ref().is_some_and(|t| t.is_alive(conn))
+        self.conn_transport(conn).is_some()
+    }
+
+    /// The transport of an open connection.
+    pub fn conn_transport(&self, conn: ConnId) -> Option<Transport> {
+        self.inner.tcp.as_ref().and_then(|t| t.transport_of(conn))
+    }
+
+    /// Read the TLS certificate and key again (SIGHUP). `None` when there is no TLS listener; on an error the
+    /// old certificate stays in use. Open connections are not touched.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        let server = self.inner.tcp.as_ref()?.tls()?.server.as_ref()?;
+        let r = server.reload();
+        let result = if r.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics::TLS_RELOADS, "result" => result).increment(1);
+        Some(r)
     }
 
     /// Send without waiting. UDP goes out at once; a TCP message is queued on its connection, or a task opens
@@ -204,11 +251,10 @@ impl Transports {
                     tracing::warn!(to = %target.addr, "no UDP listener for this address family")
                 }
             },
-            Transport::Tcp => {
-                if let Some(t) = &self.inner.tcp {
-                    t.send_nowait(target, data);
-                }
-            }
+            _ => match &self.inner.tcp {
+                Some(t) => t.send_nowait(target, data),
+                None => tracing::warn!(to = %target.addr, transport = %target.transport, "no stream transport"),
+            },
         }
     }
 
@@ -223,8 +269,8 @@ impl Transports {
                 let u = self.udp_for(target.addr).ok_or(TransportError::NoListener(Transport::Udp))?;
                 u.send_wait(target.addr, data).await
             }
-            Transport::Tcp => {
-                let t = self.inner.tcp.as_ref().ok_or(TransportError::NoListener(Transport::Tcp))?;
+            _ => {
+                let t = self.inner.tcp.as_ref().ok_or(TransportError::NoListener(target.transport))?;
                 t.send(target, data).await
             }
         }

@@ -1,6 +1,10 @@
-//! TCP: listeners, accepted and outgoing connections, one reader and one writer task per connection, and
-//! Content-Length framing (RFC 3261 §18.3). Connections are reused per remote address; a connection that sends a
-//! malformed or oversized frame is closed alone. Double-CRLF pings get a CRLF pong (RFC 5626 §3.5.1).
+//! Stream connections, TCP and TLS alike: listeners, accepted and outgoing connections, one reader and one writer
+//! task per connection, and Content-Length framing (RFC 3261 §18.3). Connections are reused per transport and
+//! remote address; a connection that sends a malformed or oversized frame is closed alone. Double-CRLF pings get a
+//! CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by `[tls] handshake_timeout`) before
+//! it is adopted: framing, idle timeout and connection ids are the same code for both. WebSocket connections
+//! (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by WebSocket (`ws.rs`); they are
+//! only accepted, never opened.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,11 +13,13 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::TlsContext;
+use super::ws::{self, WsSettings};
 use super::{ConnId, Inbound, Source, Target, Transport, TransportError, Verdict};
 use crate::metrics as m;
 
@@ -77,9 +83,14 @@ pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
 struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
     remote: SocketAddr,
+    transport: Transport,
 }
 
-/// Every TCP listener and connection of this node.
+/// What a pooled connection runs over (TCP, or TLS over TCP).
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for S {}
+
+/// Every TCP and TLS listener and connection of this node.
 #[derive(Clone)]
 pub struct TcpPool {
     inner: Arc<PoolInner>,
@@ -87,14 +98,18 @@ pub struct TcpPool {
 
 struct PoolInner {
     /// Taken by `start`; a std Mutex because it is touched once.
-    listeners: Mutex<Vec<TcpListener>>,
-    local_addrs: Vec<SocketAddr>,
+    listeners: Mutex<Vec<(Transport, TcpListener)>>,
+    local_addrs: Vec<(Transport, SocketAddr)>,
     conns: DashMap<ConnId, ConnHandle>,
-    /// Newest connection per remote address, for reuse (RFC 3261 §18.1.1).
-    by_addr: DashMap<SocketAddr, ConnId>,
+    /// Newest connection per transport and remote address, for reuse (RFC 3261 §18.1.1).
+    by_addr: DashMap<(Transport, SocketAddr), ConnId>,
     next_id: AtomicU64,
     max_message: usize,
     idle: Duration,
+    /// Certificates and client config; `None` when the node has neither TLS listeners nor TLS backends.
+    tls: Option<Arc<TlsContext>>,
+    /// `[websocket]`: Origins and frame size for `ws:`/`wss:` listeners.
+    ws: WsSettings,
     inbound: OnceLock<Arc<dyn Inbound>>,
     shutdown: OnceLock<CancellationToken>,
 }
@@ -111,13 +126,23 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl TcpPool {
-    pub async fn bind(addrs: &[SocketAddr], max_message: usize, idle: Duration) -> Result<TcpPool, TransportError> {
+    /// Bind the listeners, of any stream transport (`Tls` and `Wss` need `tls` with a server certificate).
+    pub async fn bind(
+        addrs: &[(Transport, SocketAddr)],
+        max_message: usize,
+        idle: Duration,
+        tls: Option<Arc<TlsContext>>,
+        ws: WsSettings,
+    ) -> Result<TcpPool, TransportError> {
         let mut listeners = Vec::new();
         let mut local_addrs = Vec::new();
-        for &addr in addrs {
+        for &(t, addr) in addrs {
+            if matches!(t, Transport::Tls | Transport::Wss) && tls.as_ref().is_none_or(|c| c.server.is_none()) {
+                return Err(TransportError::NoCertificate(addr));
+            }
             let l = bind_listener(addr).map_err(|source| TransportError::Bind { addr, source })?;
-            local_addrs.push(l.local_addr().map_err(|source| TransportError::Bind { addr, source })?);
-            listeners.push(l);
+            local_addrs.push((t, l.local_addr().map_err(|source| TransportError::Bind { addr, source })?));
+            listeners.push((t, l));
         }
         Ok(TcpPool {
             inner: Arc::new(PoolInner {
@@ -128,25 +153,33 @@ impl TcpPool {
                 next_id: AtomicU64::new(1),
                 max_message,
                 idle,
+                tls,
+                ws,
                 inbound: OnceLock::new(),
                 shutdown: OnceLock::new(),
             }),
         })
     }
 
-    pub fn local_addrs(&self) -> &[SocketAddr] {
+    pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
         &self.inner.local_addrs
     }
 
-    pub fn is_alive(&self, conn: ConnId) -> bool {
-        self.inner.conns.contains_key(&conn)
+    /// The transport of a live connection.
+    pub fn transport_of(&self, conn: ConnId) -> Option<Transport> {
+        self.inner.conns.get(&conn).map(|h| h.transport)
+    }
+
+    /// The TLS certificates, for a reload.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.inner.tls.as_ref()
     }
 
     pub fn start(&self, inbound: Arc<dyn Inbound>, shutdown: CancellationToken) {
         let _ = self.inner.inbound.set(inbound);
         let _ = self.inner.shutdown.set(shutdown.clone());
         let listeners = std::mem::take(&mut *self.inner.listeners.lock().expect("listener lock"));
-        for l in listeners {
+        for (transport, l) in listeners {
             let pool = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -158,7 +191,13 @@ impl TcpPool {
                     match r {
                         Ok((stream, remote)) => {
                             let _ = stream.set_nodelay(true);
-                            pool.adopt(stream, remote);
+                            match transport {
+                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport),
+                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws),
+                                _ => {
+                                    pool.adopt(stream, remote, Transport::Tcp);
+                                }
+                            }
                         }
                         Err(e) => {
                             // EMFILE and friends: back off briefly instead of spinning.
@@ -171,39 +210,97 @@ impl TcpPool {
         }
     }
 
-    /// Register a connected stream and start its reader and writer.
-    fn adopt(&self, stream: TcpStream, remote: SocketAddr) -> ConnId {
+    /// Shake hands with a client of a `tls:` or `wss:` listener in a task of its own (a slow client delays no
+    /// one), then adopt the connection (`wss:`: after the WebSocket upgrade). The certificate is the one current
+    /// at this accept.
+    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport) {
+        let Some(ctx) = self.inner.tls.clone() else { return };
+        let Some(server) = ctx.server.as_ref().map(|s| s.current()) else { return };
+        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(ctx.handshake_timeout, accept) => r,
+            };
+            match r {
+                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss),
+                Ok(Ok(tls)) => {
+                    pool.adopt(tls, remote, Transport::Tls);
+                }
+                Ok(Err(e)) => {
+                    metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    tracing::info!(%remote, error = %e, "tls handshake failed");
+                }
+                Err(_) => {
+                    metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    tracing::info!(%remote, "tls handshake timed out");
+                }
+            }
+        });
+    }
+
+    /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the
+    /// handshake timeout, then register it and run its frame loop.
+    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) {
+        let pool = self.clone();
+        let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
+        tokio::spawn(async move {
+            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote);
+            let socket = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                s = upgrade => match s { Some(s) => s, None => return },
+            };
+            let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
+            let (id, rx) = pool.register(remote, transport);
+            let conn =
+                ws::Conn { id, source: Source { transport, remote, conn: Some(id) }, idle: pool.inner.idle, inbound };
+            ws::serve(socket, rx, conn, shutdown.child_token()).await;
+            pool.forget(id, remote, transport);
+        });
+    }
+
+    /// Give a new connection an id and a write queue, and make it findable by id and by address.
+    fn register(&self, remote: SocketAddr, transport: Transport) -> (ConnId, mpsc::Receiver<Bytes>) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        self.inner.conns.insert(id, ConnHandle { tx, remote });
-        self.inner.by_addr.insert(remote, id);
-        metrics::gauge!(m::TCP_CONNECTIONS).increment(1.0);
-        let (rd, wr) = stream.into_split();
+        self.inner.conns.insert(id, ConnHandle { tx, remote, transport });
+        self.inner.by_addr.insert((transport, remote), id);
+        metrics::gauge!(m::TCP_CONNECTIONS, "transport" => transport.as_lower()).increment(1.0);
+        (id, rx)
+    }
+
+    /// Register a connected stream and start its reader and writer.
+    fn adopt<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) -> ConnId {
+        let (id, rx) = self.register(remote, transport);
+        let (rd, wr) = tokio::io::split(stream);
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
             let cancel = shutdown.child_token();
             let writer = tokio::spawn(write_loop(wr, rx, cancel.clone()));
-            pool.read_loop(rd, id, remote, cancel.clone()).await;
+            pool.read_loop(rd, id, remote, transport, cancel.clone()).await;
             cancel.cancel();
             let _ = writer.await;
-            pool.forget(id, remote);
+            pool.forget(id, remote, transport);
         });
         id
     }
 
-    fn forget(&self, id: ConnId, remote: SocketAddr) {
+    fn forget(&self, id: ConnId, remote: SocketAddr, transport: Transport) {
         self.inner.conns.remove(&id);
-        self.inner.by_addr.remove_if(&remote, |_, v| *v == id);
-        metrics::gauge!(m::TCP_CONNECTIONS).decrement(1.0);
-        tracing::debug!(conn = id, %remote, "tcp connection closed");
+        self.inner.by_addr.remove_if(&(transport, remote), |_, v| *v == id);
+        metrics::gauge!(m::TCP_CONNECTIONS, "transport" => transport.as_lower()).decrement(1.0);
+        tracing::debug!(conn = id, %remote, %transport, "connection closed");
     }
 
-    async fn read_loop(
+    async fn read_loop<R: AsyncRead + Unpin>(
         &self,
-        mut rd: tokio::net::tcp::OwnedReadHalf,
+        mut rd: R,
         id: ConnId,
         remote: SocketAddr,
+        transport: Transport,
         cancel: CancellationToken,
     ) {
         let Some(inbound) = self.inner.inbound.get().cloned() else {
@@ -223,15 +320,15 @@ impl TcpPool {
                     }
                     Framed::Message(n) => {
                         let msg = buf.split_to(n).freeze();
-                        let src = Source { transport: Transport::Tcp, remote, conn: Some(id) };
+                        let src = Source { transport, remote, conn: Some(id) };
                         if inbound.on_message(msg, src) == Verdict::Garbage {
-                            tracing::info!(conn = id, %remote, "closing tcp connection after an unparseable message");
+                            tracing::info!(conn = id, %remote, %transport, "closing connection after an unparseable message");
                             return;
                         }
                     }
                     Framed::Invalid(reason) => {
                         metrics::counter!(m::MALFORMED_DROPPED, "reason" => reason).increment(1);
-                        tracing::info!(conn = id, %remote, reason, "closing tcp connection");
+                        tracing::info!(conn = id, %remote, %transport, reason, "closing connection");
                         return;
                     }
                 }
@@ -246,10 +343,10 @@ impl TcpPool {
             match r {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(n)) => {
-                    metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => "tcp").increment(n as u64);
+                    metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => transport.as_lower()).increment(n as u64);
                 }
                 Err(_) => {
-                    tracing::debug!(conn = id, %remote, "closing idle tcp connection");
+                    tracing::debug!(conn = id, %remote, %transport, "closing idle connection");
                     return;
                 }
             }
@@ -268,17 +365,22 @@ impl TcpPool {
         if let Some(id) = target.conn.filter(|id| self.inner.conns.contains_key(id)) {
             return Some(id);
         }
-        self.inner.by_addr.get(&target.addr).map(|e| *e)
+        self.inner.by_addr.get(&(target.transport, target.addr)).map(|e| *e)
     }
 
     /// Send on an existing connection, or connect first.
     pub async fn send(&self, target: Target, data: Bytes) -> Result<(), TransportError> {
-        metrics::counter!(m::TRANSPORT_TX_BYTES, "transport" => "tcp").increment(data.len() as u64);
+        metrics::counter!(m::TRANSPORT_TX_BYTES, "transport" => target.transport.as_lower())
+            .increment(data.len() as u64);
         if let Some(id) = self.existing(&target) {
             let tx = self.inner.conns.get(&id).map(|h| h.tx.clone());
             if let Some(tx) = tx {
                 return tx.send(data).await.map_err(|_| TransportError::Closed(target.addr));
             }
+        }
+        if target.transport.is_websocket() {
+            // A WebSocket client is reachable only over the connection it opened.
+            return Err(TransportError::Closed(target.addr));
         }
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.addr)).await {
             Ok(Ok(s)) => s,
@@ -286,9 +388,34 @@ impl TcpPool {
             Err(_) => return Err(TransportError::ConnectTimeout(target.addr)),
         };
         let _ = stream.set_nodelay(true);
-        let id = self.adopt(stream, target.addr);
+        let id = match target.transport {
+            Transport::Tls => self.adopt(self.connect_tls(stream, target.addr).await?, target.addr, Transport::Tls),
+            _ => self.adopt(stream, target.addr, Transport::Tcp),
+        };
         let tx = self.inner.conns.get(&id).map(|h| h.tx.clone()).ok_or(TransportError::Closed(target.addr))?;
         tx.send(data).await.map_err(|_| TransportError::Closed(target.addr))
+    }
+
+    /// TLS over a fresh TCP connection to a backend, verified per `[tls]` against its IP address.
+    async fn connect_tls(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TransportError> {
+        let ctx = self.inner.tls.as_ref().ok_or(TransportError::NoListener(Transport::Tls))?;
+        let connector = tokio_rustls::TlsConnector::from(ctx.client.clone());
+        let name = TlsContext::server_name(addr.ip());
+        match tokio::time::timeout(ctx.handshake_timeout, connector.connect(name, stream)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(source)) => {
+                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "backend").increment(1);
+                Err(TransportError::Handshake { addr, source })
+            }
+            Err(_) => {
+                metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "backend").increment(1);
+                Err(TransportError::ConnectTimeout(addr))
+            }
+        }
     }
 
     /// Send without waiting: queue on a live connection, else connect in a task.
@@ -301,7 +428,7 @@ impl TcpPool {
         let pool = self.clone();
         tokio::spawn(async move {
             if let Err(e) = pool.send(target, data).await {
-                tracing::debug!(to = %target.addr, error = %e, "tcp send");
+                tracing::debug!(to = %target.addr, transport = %target.transport, error = %e, "stream send");
             }
         });
     }
@@ -312,13 +439,14 @@ impl TcpPool {
     }
 }
 
-async fn write_loop(mut wr: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Bytes>, cancel: CancellationToken) {
     loop {
         let data = tokio::select! {
             _ = cancel.cancelled() => break,
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
-        if wr.write_all(&data).await.is_err() {
+        // A generic stream may buffer (TLS records): flush each message, a no-op on plain TCP.
+        if wr.write_all(&data).await.is_err() || wr.flush().await.is_err() {
             cancel.cancel();
             break;
         }

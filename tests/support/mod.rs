@@ -14,6 +14,9 @@ use sipfront::server::Server;
 use sipfront::sip::Message;
 use sipfront::transport::Transport;
 
+pub mod tls;
+pub mod ws;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Node {
