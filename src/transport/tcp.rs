@@ -114,6 +114,16 @@ struct PoolInner {
     shutdown: OnceLock<CancellationToken>,
 }
 
+/// The first connection id of this process: a random upper half, so that an id another node (or an earlier run of
+/// this one) handed out, seen again in a replicated dialog or in a Record-Route's `ft=`, never names a live
+/// connection of ours.
+fn first_conn_id() -> ConnId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    (h.finish() << 32) | 1
+}
+
 /// A listening socket that may bind an address this host does not have yet (the VIP on a standby).
 fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
@@ -150,7 +160,7 @@ impl TcpPool {
                 local_addrs,
                 conns: DashMap::new(),
                 by_addr: DashMap::new(),
-                next_id: AtomicU64::new(1),
+                next_id: AtomicU64::new(first_conn_id()),
                 max_message,
                 idle,
                 tls,
