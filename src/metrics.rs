@@ -24,6 +24,7 @@ pub const DIALOGS_REHOMED: &str = "sipfront_dialogs_rehomed_total";
 pub const FORGED_TOKENS: &str = "sipfront_forged_tokens_total";
 pub const OVER_CAPACITY: &str = "sipfront_over_capacity_total";
 pub const FLOWS_ACTIVE: &str = "sipfront_registration_flows";
+pub const FLOWS_RELEARNED: &str = "sipfront_flows_relearned_total";
 pub const DROPPED_STANDBY: &str = "sipfront_standby_dropped_total";
 pub const CLUSTER_EVENTS_DROPPED: &str = "sipfront_cluster_events_dropped_total";
 pub const CLUSTER_EVENTS: &str = "sipfront_cluster_events_total";
@@ -80,6 +81,10 @@ pub fn describe() {
     describe_counter!(FORGED_TOKENS, "Requests refused 403 for a Record-Route or Path token that failed its check");
     describe_counter!(OVER_CAPACITY, "Requests refused 503 because the dialog or flow table is full, by table");
     describe_gauge!(FLOWS_ACTIVE, "Registration flows in the flow table");
+    describe_counter!(
+        FLOWS_RELEARNED,
+        "Requests of established calls delivered over the connection a phone registered anew (reconnect, failover)"
+    );
     describe_counter!(DROPPED_STANDBY, "SIP messages dropped because this node is not serving (not the leader)");
     describe_counter!(CLUSTER_EVENTS_DROPPED, "Table changes not replicated: the journal queue was full");
     describe_counter!(CLUSTER_EVENTS, "Table changes proposed to the cluster (leader) or applied (followers), by side");

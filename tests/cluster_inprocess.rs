@@ -134,6 +134,7 @@ async fn one_leader_serves_and_every_member_holds_the_same_tables() {
         Bytes::from_static(b"flow1"),
         client,
         Bytes::from_static(b"sip:100@pbx"),
+        Bytes::from_static(b"sip:100@192.0.2.8:5062"),
         Duration::from_secs(600),
     );
     for n in &nodes {

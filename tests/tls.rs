@@ -1,7 +1,8 @@
 //! SIP over TLS, in process and against the real binary, with the helpers of `support/tls.rs` (a test CA, a
 //! TLS SIP client) and a raw-socket UDP PBX: calls both ways, a phone registered over TLS, TLS backends verified or
-//! not, the handshake timeout, config refusals naming the key, and a SIGHUP certificate reload that leaves an open
-//! connection alone. Every wait has a deadline.
+//! not, calls that follow a phone reconnecting (with and without registering again), the handshake timeout, config
+//! refusals naming the key, and a SIGHUP certificate reload that leaves an open connection alone. Every wait has a
+//! deadline.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,6 +87,34 @@ async fn call_from_tls_client(
     (phone, rr)
 }
 
+/// The PBX's BYE of a call made by `call_from_tls_client`: From and To the other way round, to the client's Contact
+/// through the Record-Route the PBX saw.
+fn bye_from_pbx(contact: &str, rr: &[String], pbx_addr: SocketAddr, call: &str, cseq: u32) -> String {
+    String::from_utf8(in_dialog("BYE", contact, rr, pbx_addr, "UDP", call, cseq))
+        .unwrap()
+        .replace("From: <sip:a@", "From: <sip:bob@")
+        .replace(";tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx", ";tag=pbx\r\nTo: <sip:a@127.0.0.1>;tag=fa")
+}
+
+/// The PBX sends `bye`; the phone must get it over its TLS connection from our TLS listener, and its 200 must
+/// reach the PBX.
+async fn pbx_hangs_up(pbx: &tokio::net::UdpSocket, n: &TlsNode, phone: &mut TlsClient, bye: &str) {
+    pbx.send_to(bye.as_bytes(), n.udp).await.unwrap();
+    let got = phone.recv().await;
+    assert_eq!(got.method_bytes(), b"BYE");
+    assert_eq!(got.call_id(), Message::parse(bytes::Bytes::from(bye.to_owned())).unwrap().call_id());
+    let vias = values(&got, HeaderName::Via);
+    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{};", n.tls.port())), "{vias:?}");
+    phone.send(&ResponseBuilder::new(&got, 200, "OK").build()).await;
+    loop {
+        let (m, _) = recv_udp(pbx).await;
+        if m.status() == Some(200) {
+            assert_eq!(m.cseq_method(), sipfront::sip::Method::Bye);
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn tls_client_calls_a_udp_pbx_and_hangs_up() {
     let pki = Pki::new("call");
@@ -116,23 +145,67 @@ async fn pbx_hangs_up_over_the_clients_tls_connection() {
     // The PBX's route set is the Record-Route as it saw it; its target is the client's Contact, an address no
     // one can connect to: only the connection named in the Record-Route reaches the client.
     let contact = format!("sip:a@{};transport=tls", phone.local);
-    let bye = String::from_utf8(in_dialog("BYE", &contact, &rr, pbx_addr, "UDP", "c2", 7).to_vec())
-        .unwrap()
-        .replace("From: <sip:a@", "From: <sip:bob@")
-        .replace(";tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx", ";tag=pbx\r\nTo: <sip:a@127.0.0.1>;tag=fa");
-    pbx.send_to(bye.as_bytes(), n.udp).await.unwrap();
-    let got = phone.recv().await;
-    assert_eq!(got.method_bytes(), b"BYE");
-    let vias = values(&got, HeaderName::Via);
-    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{};", n.tls.port())), "{vias:?}");
-    phone.send(&ResponseBuilder::new(&got, 200, "OK").build()).await;
-    loop {
-        let (m, _) = recv_udp(&pbx).await;
-        if m.status() == Some(200) {
-            assert_eq!(m.cseq_method(), sipfront::sip::Method::Bye);
-            break;
-        }
+    pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c2", 7)).await;
+    n.server.shutdown().await;
+}
+
+/// The connection id our phone-facing Record-Route entry names (`;ft=`).
+fn flow_conn(rr: &[String]) -> u64 {
+    let entry = rr.iter().find(|r| r.contains(";ft=")).expect("a phone-facing entry");
+    entry.split(";ft=").nth(1).unwrap().split([';', '>']).next().unwrap().parse().unwrap()
+}
+
+/// Until sipfront has seen a dropped connection close.
+async fn until_closed(n: &TlsNode, conn: u64) {
+    let deadline = Instant::now() + WAIT;
+    while n.server.proxy.transports.conn_alive(conn) {
+        assert!(Instant::now() < deadline, "connection {conn} still open");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Injected: the phone's TLS connection of an established call drops (a NAT rebinding, or a failover, where the
+/// new leader never had it). Call c3's phone reconnects and registers again: the PBX's BYE reaches it on the new
+/// connection. Call c4's phone reconnects without registering and sends an in-dialog request first: the PBX's BYE
+/// follows it. Nothing is lost: both calls end with BYE/200 end to end.
+#[tokio::test]
+async fn calls_follow_a_phone_that_reconnects() {
+    let pki = Pki::new("reconnect");
+    pki.leaf("front");
+    let pbx = udp_socket().await;
+    let pbx_addr = pbx.local_addr().unwrap();
+    let n = tls_node(&pki, &backend("p", "udp", pbx_addr, 1)).await;
+
+    let (old, rr) = call_from_tls_client(&pki, &n, &pbx, "c3").await;
+    let contact = format!("sip:a@{};transport=tls", old.local);
+    drop(old);
+    until_closed(&n, flow_conn(&rr)).await;
+    let mut phone = connect_tls(&pki, n.tls).await;
+    let me = phone.local;
+    let register = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKrereg;rport\r\n\
+         From: <sip:a@127.0.0.1>;tag=r1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: rereg@test\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:a@{me};transport=tls>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send(register.as_bytes()).await;
+    let (reg, from) = recv_udp(&pbx).await;
+    pbx.send_to(&ResponseBuilder::new(&reg, 200, "OK").to_tag(b"reg").build(), from).await.unwrap();
+    assert_eq!(phone.recv_final().await.status(), Some(200));
+    pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c3", 7)).await;
+
+    let (old, rr) = call_from_tls_client(&pki, &n, &pbx, "c4").await;
+    let contact = format!("sip:a@{};transport=tls", old.local);
+    drop(old);
+    until_closed(&n, flow_conn(&rr)).await;
+    let mut phone = connect_tls(&pki, n.tls).await;
+    let routes: Vec<String> = rr.iter().rev().cloned().collect();
+    let pbx_uri = format!("sip:bob@{pbx_addr}");
+    phone.send(&in_dialog("INFO", &pbx_uri, &routes, phone.local, "TLS", "c4", 2)).await;
+    let (info, from) = recv_udp(&pbx).await;
+    assert_eq!(info.method_bytes(), b"INFO");
+    pbx.send_to(&ResponseBuilder::new(&info, 200, "OK").build(), from).await.unwrap();
+    assert_eq!(phone.recv_final().await.status(), Some(200));
+    pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c4", 8)).await;
     n.server.shutdown().await;
 }
 

@@ -251,6 +251,18 @@ impl DialogTable {
         Some(d.clone())
     }
 
+    /// The phone of a dialog with a PBX sent an in-dialog request over another connection than the one recorded
+    /// (it reconnected, after a failover or through its NAT): requests toward it follow the new connection. Kept
+    /// local, like every connection: the replicated record names no connection.
+    pub fn follow_client(&self, id: &DialogId, now_at: Target) {
+        if let Some(mut d) = self.map.get_mut(id) {
+            let moved = d.client.is_some_and(|c| c.transport.is_reliable() && c.conn != now_at.conn);
+            if d.home != NO_BACKEND && moved {
+                d.client = Some(now_at);
+            }
+        }
+    }
+
     /// Move one dialog to another backend (its home was found down on the request path).
     pub fn set_home(&self, id: &DialogId, backend: usize) {
         if let Some(mut d) = self.map.get_mut(id) {

@@ -235,10 +235,32 @@ impl Proxy {
         std::iter::once(home).chain(order.into_iter().filter(|&i| i != home)).map(|i| self.backend_hop(i)).collect()
     }
 
-    /// A request toward a phone: its recorded flow while it lives, else the Request-URI.
-    fn phone_hop(&self, req: &Message, popped: &Popped, client: Option<Target>) -> Result<Hop, (u16, &'static str)> {
-        if let Some(c) = client.filter(|c| c.conn.is_none_or(|id| self.transports.conn_alive(id))) {
-            return Ok(Hop { addr: HopAddr::Resolved(c), backend: None });
+    /// A request toward a phone: its recorded flow while it lives; for a connection-oriented phone whose
+    /// connection is gone (a failover, a NAT rebinding), the connection it registered anew; else the recorded
+    /// address, else the Request-URI.
+    fn phone_hop(
+        &self,
+        req: &Message,
+        popped: &Popped,
+        dialog: Option<(&DialogId, Target)>,
+    ) -> Result<Hop, (u16, &'static str)> {
+        let resolved = |t: Target| Ok(Hop { addr: HopAddr::Resolved(t), backend: None });
+        if let Some((id, c)) = dialog {
+            let alive = |conn: ConnId| self.transports.conn_alive(conn);
+            if c.conn.is_some_and(alive) {
+                return resolved(c);
+            }
+            if c.transport.is_reliable() {
+                let to = req.header(HeaderName::To).and_then(parse_name_addr).map(|na| na.uri).unwrap_or_default();
+                if let Some(now_at) = self.flows.relearned(req.request_uri(), to, Some(c.addr.ip()), alive) {
+                    metrics::counter!(crate::metrics::FLOWS_RELEARNED).increment(1);
+                    self.dialogs.follow_client(id, now_at);
+                    return resolved(now_at);
+                }
+            }
+            if c.conn.is_none() {
+                return resolved(c);
+            }
         }
         let mut hop = self.hop_for_uri(req.request_uri(), popped.transport)?;
         if let (Some(conn), HopAddr::Resolved(t)) = (popped.conn, &mut hop.addr) {
@@ -270,6 +292,10 @@ impl Proxy {
             (Some(f), Some(t)) => Some(DialogId::new(req.call_id(), f, t)),
             _ => None,
         };
+        if let (Some(id), None, Some(_)) = (&dialog_id, from_backend, src.conn) {
+            // The phone's side of a call: a reconnected phone is reached on its new connection from now on.
+            self.dialogs.follow_client(id, src.into());
+        }
         let next_route = req.header_values(HeaderName::Route).nth(popped.count);
         let hops = if let Some(route) = next_route {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
@@ -299,7 +325,7 @@ impl Proxy {
         } else if let Some(id) = &dialog_id {
             let dialog = self.dialogs.touch(id, from_backend.is_none(), req.cseq(), method == Method::Bye);
             if from_backend.is_some() {
-                vec![self.phone_hop(req, &popped, dialog.and_then(|d| d.client))?]
+                vec![self.phone_hop(req, &popped, dialog.and_then(|d| d.client).map(|c| (id, c)))?]
             } else if let Some(home) = dialog.and_then(|d| d.home()).or(popped.dialog_backend) {
                 self.dialog_hops(home, Some(id))
             } else {

@@ -3,8 +3,14 @@
 //! until the registration expires. The PBX reaches the phone by routing to that Path; the proxy then delivers to
 //! the flow itself, which is what gets through NATs and reaches connection-oriented clients at all.
 //!
+//! Connections cannot move between nodes, nor outlive a NAT binding: a TCP, TLS or WebSocket phone whose connection
+//! is gone reconnects and registers again, under a new flow token. Bindings of this node's connections are also
+//! indexed by the AOR's user part, so a request for an established call of that phone (whose dialog still names
+//! the old connection, or an address on another node) finds its new connection ([`FlowTable::relearned`]).
+//!
 //! This module keeps the table and reads expiries from REGISTER answers; it sends nothing.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -13,8 +19,8 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::cluster::event::{Event, FlowRecord, Journal};
-use crate::sip::{find_param, parse_name_addr, HeaderName, Message};
-use crate::transport::Target;
+use crate::sip::{find_param, parse_name_addr, HeaderName, Message, SipUri};
+use crate::transport::{ConnId, Target};
 
 /// One registered flow.
 #[derive(Debug, Clone)]
@@ -22,7 +28,17 @@ pub struct Binding {
     pub flow: Target,
     /// The address-of-record (the REGISTER's To URI).
     pub aor: Bytes,
+    /// The Contact URI it registered; empty for a binding replicated from another node.
+    pub contact: Bytes,
     pub expires: Instant,
+}
+
+/// Tokens of this node's connection flows kept per AOR user: a few devices per extension, newest last.
+const FLOWS_PER_USER: usize = 16;
+
+/// The user part of a URI, if it has one.
+fn uri_user(uri: &[u8]) -> Option<&[u8]> {
+    SipUri::parse(uri)?.user.filter(|u| !u.is_empty())
 }
 
 /// Flows by token. DashMap: REGISTER answers write and PBX requests read concurrently.
@@ -33,6 +49,9 @@ pub struct FlowTable {
     max: usize,
     /// Bindings and removals go to the cluster through it (disabled on a standalone node).
     journal: Journal,
+    /// Tokens of this node's connection flows by AOR user part, for [`FlowTable::relearned`]. Stale tokens are
+    /// skipped on lookup and pruned by [`FlowTable::reap`].
+    by_user: DashMap<Bytes, Vec<Bytes>>,
 }
 
 impl FlowTable {
@@ -41,7 +60,7 @@ impl FlowTable {
     }
 
     pub fn with_journal(max: usize, journal: Journal) -> FlowTable {
-        FlowTable { map: DashMap::new(), count: AtomicUsize::new(0), max, journal }
+        FlowTable { map: DashMap::new(), count: AtomicUsize::new(0), max, journal, by_user: DashMap::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -58,7 +77,7 @@ impl FlowTable {
     }
 
     /// Record or refresh a flow for `ttl`; a zero ttl removes it (de-registration).
-    pub fn bind(&self, token: Bytes, flow: Target, aor: Bytes, ttl: Duration) {
+    pub fn bind(&self, token: Bytes, flow: Target, aor: Bytes, contact: Bytes, ttl: Duration) {
         if ttl.is_zero() {
             self.unbind(&token);
             return;
@@ -71,7 +90,50 @@ impl FlowTable {
                 ttl_ms: ttl.as_millis() as u64,
             }));
         }
-        self.insert(token, Binding { flow, aor, expires: Instant::now() + ttl });
+        if flow.conn.is_some() {
+            if let Some(user) = uri_user(&aor) {
+                let mut tokens = self.by_user.entry(Bytes::copy_from_slice(user)).or_default();
+                tokens.retain(|t| *t != token);
+                if tokens.len() >= FLOWS_PER_USER {
+                    tokens.remove(0);
+                }
+                tokens.push(token.clone());
+            }
+        }
+        self.insert(token, Binding { flow, aor, contact, expires: Instant::now() + ttl });
+    }
+
+    /// The connection flow a phone registered anew (after a failover, or a reconnect through its NAT) for a
+    /// request toward it whose recorded connection is gone: among this node's live connection flows of the To
+    /// URI's user, the one whose Contact is the Request-URI, else the one from the same host as before (`near`),
+    /// else the one of the same AOR host; the newest registration breaks ties.
+    pub fn relearned(
+        &self,
+        ruri: &[u8],
+        to: &[u8],
+        near: Option<IpAddr>,
+        alive: impl Fn(ConnId) -> bool,
+    ) -> Option<Target> {
+        let to = SipUri::parse(to)?;
+        let user = to.user.filter(|u| !u.is_empty())?;
+        let tokens = self.by_user.get(user)?.clone();
+        let now = Instant::now();
+        let mut best: Option<((u8, Instant), Target)> = None;
+        for t in &tokens {
+            let Some(b) = self.map.get(t).filter(|b| b.expires > now).map(|b| b.clone()) else { continue };
+            if !b.flow.conn.is_some_and(&alive) {
+                continue;
+            }
+            let same_host =
+                SipUri::parse(&b.aor).is_some_and(|a| a.host_port.host.eq_ignore_ascii_case(to.host_port.host));
+            let score = (u8::from(!b.contact.is_empty() && b.contact.eq_ignore_ascii_case(ruri)) << 2)
+                | (u8::from(near == Some(b.flow.addr.ip())) << 1)
+                | u8::from(same_host);
+            if best.as_ref().is_none_or(|(s, _)| (score, b.expires) > *s) {
+                best = Some(((score, b.expires), b.flow));
+            }
+        }
+        best.map(|(_, t)| t)
     }
 
     fn insert(&self, token: Bytes, b: Binding) {
@@ -116,7 +178,8 @@ impl FlowTable {
         match ev {
             Event::FlowUp(r) => {
                 let expires = Instant::now() + Duration::from_millis(r.ttl_ms);
-                self.insert(r.token.clone(), Binding { flow: r.flow.into(), aor: r.aor.clone(), expires });
+                let b = Binding { flow: r.flow.into(), aor: r.aor.clone(), contact: Bytes::new(), expires };
+                self.insert(r.token.clone(), b);
             }
             Event::FlowGone { token } => {
                 self.remove_quiet(token);
@@ -152,6 +215,10 @@ impl FlowTable {
         });
         self.count.fetch_sub(gone, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::FLOWS_ACTIVE).decrement(gone as f64);
+        self.by_user.retain(|_, tokens| {
+            tokens.retain(|t| self.map.contains_key(t));
+            !tokens.is_empty()
+        });
         gone
     }
 }
@@ -215,7 +282,13 @@ mod tests {
     async fn bindings_expire_and_the_cap_holds() {
         let t = FlowTable::new(1);
         let flow = Target { transport: Transport::Udp, addr: "192.0.2.1:5062".parse().unwrap(), conn: None };
-        t.bind(Bytes::from_static(b"a"), flow, Bytes::from_static(b"sip:100@pbx"), Duration::from_secs(60));
+        t.bind(
+            Bytes::from_static(b"a"),
+            flow,
+            Bytes::from_static(b"sip:100@pbx"),
+            Bytes::new(),
+            Duration::from_secs(60),
+        );
         assert!(t.refuses_new(b"b"));
         assert!(!t.refuses_new(b"a"), "a refresh is always taken");
         assert!(t.get(b"a").is_some());
@@ -223,8 +296,46 @@ mod tests {
         assert!(t.get(b"a").is_none());
         assert_eq!(t.reap(), 1);
         assert!(t.is_empty());
-        t.bind(Bytes::from_static(b"a"), flow, Bytes::new(), Duration::from_secs(60));
-        t.bind(Bytes::from_static(b"a"), flow, Bytes::new(), Duration::ZERO);
+        t.bind(Bytes::from_static(b"a"), flow, Bytes::new(), Bytes::new(), Duration::from_secs(60));
+        t.bind(Bytes::from_static(b"a"), flow, Bytes::new(), Bytes::new(), Duration::ZERO);
         assert!(t.is_empty(), "expires=0 de-registers");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reconnected_phone_is_found_by_its_new_connection() {
+        let t = FlowTable::new(100);
+        let conn = |id: u64, port: u16| Target {
+            transport: Transport::Tls,
+            addr: std::net::SocketAddr::from(([192, 0, 2, 1], port)),
+            conn: Some(id),
+        };
+        let hour = Duration::from_secs(3600);
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        // The desk phone and a softphone share extension 100; another extension, and a UDP phone, are not candidates.
+        t.bind(b("desk"), conn(1, 40001), b("sip:100@pbx"), b("sip:100@192.0.2.1:40001;transport=tls"), hour);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let soft = Target { addr: "198.51.100.9:50000".parse().unwrap(), ..conn(2, 0) };
+        t.bind(b("soft"), soft, b("sip:100@pbx"), b("sip:soft@x.invalid;transport=tls"), hour);
+        t.bind(b("other"), conn(3, 40003), b("sip:200@pbx"), Bytes::new(), hour);
+        let udp = Target { transport: Transport::Udp, addr: "192.0.2.1:5060".parse().unwrap(), conn: None };
+        t.bind(b("udp"), udp, b("sip:100@pbx"), b("sip:100@192.0.2.1"), hour);
+        let all = |_: ConnId| true;
+        let near: Option<IpAddr> = Some("192.0.2.1".parse().unwrap());
+
+        // The Contact the call was made with wins, then the old host, then the newest.
+        let found = t.relearned(b"sip:soft@x.invalid;transport=tls", b"sip:100@pbx", near, all);
+        assert_eq!(found, Some(soft));
+        assert_eq!(t.relearned(b"sip:100@10.0.0.1", b"<sip:100@pbx>", near, all), None, "a To value is not a URI");
+        assert_eq!(t.relearned(b"sip:100@10.0.0.1", b"sip:100@pbx", near, all), Some(conn(1, 40001)));
+        assert_eq!(t.relearned(b"sip:100@10.0.0.1", b"sip:100@pbx", None, all), Some(soft), "the newest");
+        // A connection that is gone is no candidate; nor is anything for an unknown user.
+        assert_eq!(t.relearned(b"sip:100@10.0.0.1", b"sip:100@pbx", near, |c| c != 1), Some(soft));
+        assert_eq!(t.relearned(b"sip:x", b"sip:300@pbx", near, all), None);
+        // De-registered or expired: gone from the index too.
+        t.unbind(b"soft");
+        assert_eq!(t.relearned(b"sip:soft@x.invalid;transport=tls", b"sip:100@pbx", None, all), Some(conn(1, 40001)));
+        tokio::time::advance(hour).await;
+        t.reap();
+        assert!(t.by_user.is_empty());
     }
 }

@@ -130,5 +130,11 @@ fn bind_registration(ctx: &Ctx, ok: &crate::sip::Message) {
         .and_then(crate::sip::parse_name_addr)
         .map(|na| Bytes::copy_from_slice(na.uri))
         .unwrap_or_default();
-    ctx.proxy.flows.bind(token.clone(), ctx.src.into(), aor, ttl);
+    let contact = ctx
+        .req
+        .header(crate::sip::HeaderName::Contact)
+        .and_then(crate::sip::parse_name_addr)
+        .map(|na| Bytes::copy_from_slice(na.uri))
+        .unwrap_or_default();
+    ctx.proxy.flows.bind(token.clone(), ctx.src.into(), aor, contact, ttl);
 }
