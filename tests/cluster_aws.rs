@@ -342,12 +342,7 @@ fn aws_vip_and_ebs_volume_follow_the_leader_after_kill9() {
     let mounted_at = killed.elapsed();
     assert_eq!(mounted_on(&mut lab), vec![new], "mounted on the survivor only");
     let kept = acked_records_present(&mut lab, old, new);
-    let status = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(Ns::Node(new)), &sipfront_bin(), "status", "--config"])
-        .arg(lab.dir.join(format!("n{new}.toml")))
-        .output()
-        .expect("sipfront status");
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let status = lab.status(new);
     assert!(status.contains(&format!("volume {} held (term", w.volume)), "status shows the volume held:\n{status}");
     let calls = emu.calls();
     assert!(calls.contains("\"Force\": \"true\""), "the dead node's attachment was force-detached:\n{calls}");

@@ -75,27 +75,22 @@ impl Cluster {
 
     /// `sipfront status` as node i's namespace sees it.
     fn status(&self, i: u8) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lab.ns(Ns::Node(i)), &sipfront_bin(), "status", "--config"])
-            .arg(self.lab.dir.join(format!("n{i}.toml")))
-            .output()
-            .expect("run sipfront status");
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+        self.lab.status(i)
     }
 
     /// The status row of node `id` as seen from node `from`.
     fn row(&self, from: u8, id: u8) -> String {
-        row_of(&self.status(from), id).to_string()
+        status_row(&self.status(from), id).to_string()
     }
 
     /// Wait until node `i` reports itself a follower of `leader`, with its log applied as far as the leader's.
     fn wait_follower(&self, i: u8, leader: u8, within: Duration) {
         poll_until(&format!("n{i} follows n{leader}, caught up"), within, || {
             let s = self.status(leader);
-            field(&s, i, ROLE) == Some("follower")
-                && field(&s, i, LEADER) == Some(leader.to_string().as_str())
-                && field(&s, i, APPLIED).is_some()
-                && field(&s, i, APPLIED) == field(&s, leader, APPLIED)
+            status_field(&s, i, ROLE) == Some("follower")
+                && status_field(&s, i, LEADER) == Some(leader.to_string().as_str())
+                && status_field(&s, i, APPLIED).is_some()
+                && status_field(&s, i, APPLIED) == status_field(&s, leader, APPLIED)
         });
     }
 
@@ -116,20 +111,6 @@ impl Cluster {
         }
         (invites.len(), byes, ok)
     }
-}
-
-/// Columns of `sipfront status`: id name role term leader vip log applied dialogs flows note.
-const ROLE: usize = 2;
-const LEADER: usize = 4;
-const APPLIED: usize = 7;
-const DIALOGS: usize = 8;
-
-fn row_of(status: &str, id: u8) -> &str {
-    status.lines().find(|l| l.split_whitespace().next() == Some(&id.to_string())).unwrap_or_default()
-}
-
-fn field(status: &str, id: u8, col: usize) -> Option<&str> {
-    row_of(status, id).split_whitespace().nth(col)
 }
 
 fn calls(c: &mut Cluster, label: &str, n: u64) -> Uac {
@@ -255,16 +236,16 @@ fn rolling_restart_loses_no_call_and_no_dialog() {
         c.wait_follower(i, leader, Duration::from_secs(10));
         // The restarted node holds the established calls again: its dialog count catches up with the leader's.
         let s = c.status(leader);
-        let established: u64 = field(&s, leader, DIALOGS).and_then(|d| d.parse().ok()).unwrap_or(0);
+        let established: u64 = status_field(&s, leader, DIALOGS).and_then(|d| d.parse().ok()).unwrap_or(0);
         assert!(established > 0, "calls are established during the restarts");
         poll_until(&format!("n{i} has the leader's dialogs"), Duration::from_secs(5), || {
             let s = c.status(leader);
-            field(&s, i, DIALOGS).is_some() && field(&s, i, DIALOGS) == field(&s, leader, DIALOGS)
+            status_field(&s, i, DIALOGS).is_some() && status_field(&s, i, DIALOGS) == status_field(&s, leader, DIALOGS)
         });
     }
     assert_nothing_lost(&mut c, uac, n);
     for i in 1..=3 {
-        assert_eq!(field(&c.status(i), i, DIALOGS), Some("0"), "n{i}: every dialog ended everywhere");
+        assert_eq!(status_field(&c.status(i), i, DIALOGS), Some("0"), "n{i}: every dialog ended everywhere");
     }
 }
 

@@ -15,7 +15,7 @@
 //! binary and across binaries). Every non-switch namespace has `lo` up and one veth, `eth0` inside, whose peer
 //! (named for the namespace: `n1`, `ph`, `p2` ...) is a port of `br0` in the switch namespace; all of it is made
 //! with `ip -n`, so nothing is ever created in, or sent through, the host's own namespace. Tags taken:
-//! `netns_smoke.rs` 1-9, `cluster_faults.rs` 10-14, `cluster_aws.rs` 15-17 (add a line here when a test file
+//! `netns_smoke.rs` 1-9, `cluster_faults.rs` 10-14, `cluster_aws.rs` 15-17, `cluster_tls.rs` 18 (add a line here when a test file
 //! takes a range).
 //!
 //! What a test gets:
@@ -26,7 +26,8 @@
 //!   the phone address), each giving back a [`SippRun`];
 //! - [`NodeConfig`] ([`config`]): each node's TOML for the 3-node cluster, or today's standalone subset;
 //! - [`VipSampler`] ([`sampler`]): who holds the VIP, every 20 ms, and the most holders ever seen at once;
-//! - [`Pinger`] ([`pinger`]): an OPTIONS to a target every 20 ms from the phone namespace; the failover gap.
+//! - [`Pinger`] ([`pinger`]): an OPTIONS to a target every 20 ms from the phone namespace; the failover gap;
+//! - [`Lab::status`] ([`status`]): `sipfront status` in a node's namespace, and its columns.
 //!
 //! Cleanup guarantees. Every process runs as `ip netns exec NS timeout -s KILL <bound> CMD` in its own process
 //! group, so it dies by itself at the bound (300 s unless asked otherwise) even when the test process is killed
@@ -55,6 +56,7 @@ pub mod peers;
 pub mod pinger;
 pub mod procs;
 pub mod sampler;
+pub mod status;
 pub mod topology;
 
 // What tests name; a test binary uses some of it, so unused re-exports are fine here.
@@ -68,6 +70,8 @@ pub use pinger::{Ping, Pinger};
 pub use sampler::{HolderChange, VipSampler};
 #[allow(unused_imports)]
 pub use shared::{options_to, parse_sipp_trace, sipfront_bin, SipMsg, SippRun, Tp, Traced, SCENARIOS};
+#[allow(unused_imports)]
+pub use status::{status_field, status_row, APPLIED, DIALOGS, LEADER, ROLE};
 #[allow(unused_imports)]
 pub use topology::{listed_namespaces, live_processes_in_groups, Lab, Ns};
 
