@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
 # sip-tester, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, Chromium for the
-# dashboard test, the moto EC2 emulator from PyPI), then formatting, clippy, unit, in-process, real-binary,
-# EC2-emulator, browser and (as root) network-namespace cluster and volume tests.
+# dashboard and WebRTC browser tests, JsSIP from the npm registry for the latter, the moto EC2 emulator from PyPI),
+# then formatting, clippy, unit, in-process, real-binary, EC2-emulator, browser and (as root) network-namespace
+# cluster and volume tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 { [ -x /usr/bin/chromium ] || [ -x /usr/bin/chromium-browser ]; } || need+=(chromium)
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing test dependencies: ${need[*]}"
   SUDO=""
@@ -27,6 +29,10 @@ if ! python3 -c 'import sys, moto, flask, flask_cors; sys.exit(moto.__version__ 
   python3 -m pip install -q 'moto[server]==5.2.5' flask flask-cors 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'moto[server]==5.2.5' flask flask-cors
 fi
+# The WebRTC browser test's SIP stack: JsSIP and its dependencies from the npm registry, pinned and checked against
+# their sha512 integrity, into a cache outside the clone (no node or npm).
+SIPFRONT_JSSIP="$(scripts/fetch-jssip.sh)"
+export SIPFRONT_JSSIP
 # The volume tests (root only) attach loop devices.
 if [ "$(id -u)" = 0 ] && [ ! -e /dev/loop-control ]; then
   modprobe loop 2>/dev/null || true

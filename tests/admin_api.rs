@@ -14,13 +14,6 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>, body: &str) -
     http_exchange(addr, method, path, token, body).unwrap_or_else(|| panic!("admin {addr}: cannot connect"))
 }
 
-/// The value of the first sample line of `metric` (name and labels as written) in a Prometheus exposition.
-fn sample(text: &str, metric: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
-}
-
 const TOKEN: &str = "admin-token-0123456789abcdef";
 
 fn start(h: &mut Harness) -> String {
@@ -57,14 +50,14 @@ fn metrics_count_known_traffic_and_the_api_answers() {
         ("sipfront_requests_total{method=\"BYE\"}", 10.0),
         ("sipfront_dialogs_active", 0.0),
     ] {
-        assert_eq!(sample(&text, metric), Some(want), "{metric} after 10 calls:\n{text}");
+        assert_eq!(metric_sample(&text, metric), Some(want), "{metric} after 10 calls:\n{text}");
     }
-    let twos = sample(&text, "sipfront_responses_total{class=\"2xx\"}").unwrap_or(0.0);
+    let twos = metric_sample(&text, "sipfront_responses_total{class=\"2xx\"}").unwrap_or(0.0);
     assert!(twos >= 20.0, "at least 10 200-to-INVITE and 10 200-to-BYE relayed: {twos}\n{text}");
     assert!(text.contains("sipfront_build_info{version=\""), "build info:\n{text}");
     assert!(text.contains("sipfront_probe_rtt_seconds_bucket{backend=\"pbx\""), "probe RTT histogram:\n{text}");
     assert!(text.contains("# HELP sipfront_calls_total"), "metrics are described:\n{text}");
-    assert_eq!(sample(&text, "sipfront_backend_up{backend=\"pbx\"}").unwrap_or(1.0), 1.0);
+    assert_eq!(metric_sample(&text, "sipfront_backend_up{backend=\"pbx\"}").unwrap_or(1.0), 1.0);
 
     assert_eq!(http(&admin, "GET", "/healthz", None, "").0, 200);
     let (code, body) = http(&admin, "GET", "/readyz", None, "");
@@ -116,7 +109,7 @@ fn actions_need_the_bearer_token() {
     let (code, body) = http(&admin, "POST", "/api/v1/switchover", Some(TOKEN), r#"{"to": 2}"#);
     assert_eq!(code, 409, "a standalone node has nobody to switch over to: {body}");
     let (_, metrics) = http(&admin, "GET", "/metrics", None, "");
-    assert_eq!(sample(&metrics, "sipfront_admin_unauthorized_total"), Some(3.0), "{metrics}");
+    assert_eq!(metric_sample(&metrics, "sipfront_admin_unauthorized_total"), Some(3.0), "{metrics}");
     let log = h.front_log_text();
     assert_eq!(log.matches("admin: refused an unauthorized request").count(), 3, "each refusal logged:\n{log}");
     h.stop_sipp(pbx, Duration::from_millis(100));

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{chromium, headless_args, tempdir};
 use common::{http_exchange, sipfront_bin, Proc};
 
 /// The demo's dashboard (its own address: the demo puts everything on 127.0.9.x).
@@ -36,36 +37,13 @@ fn poll(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn chromium() -> PathBuf {
-    for c in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(c).exists() {
-            return c.into();
-        }
-    }
-    panic!("chromium is not installed (the README's test command installs Debian's `chromium`)");
-}
-
 /// Run headless Chromium on the dashboard for `budget` of virtual time (the page polls the API meanwhile);
 /// the DOM, and a screenshot at `shot`.
 fn browse(budget_ms: u32, shot: &Path) -> String {
     let profile = tempdir("chromium-profile");
     let common_args = |c: &mut Command| {
-        c.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1400,1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--virtual-time-budget={budget_ms}"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null());
+        headless_args(c, &profile);
+        c.arg(format!("--virtual-time-budget={budget_ms}"));
     };
     let mut dump = Command::new("timeout");
     dump.arg("60").arg(chromium());
@@ -78,12 +56,6 @@ fn browse(budget_ms: u32, shot: &Path) -> String {
     assert!(st.is_ok_and(|s| s.success()) && shot.exists(), "chromium made no screenshot at {}", shot.display());
     let _ = std::fs::remove_dir_all(&profile);
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn tempdir(label: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sipfront-{label}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// The attribute `attr` of the first element whose opening tag contains `marker`.

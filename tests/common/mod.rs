@@ -67,6 +67,8 @@ pub struct FrontConfig {
     pub t1: Option<String>,
     /// Extra `key = value` lines for `[sip]`.
     pub sip_extra: Vec<String>,
+    /// Listeners besides UDP and TCP on 127.0.0.N:5060, as `sip.listen` takes them (`"ws:127.0.0.N:5066"`).
+    pub listen_extra: Vec<String>,
     pub policy: Option<String>,
     /// Whole extra tables (`[health]`, `[dialogs]`, `[registrations]` ...), written after the backends.
     pub sections: Vec<String>,
@@ -94,6 +96,12 @@ impl FrontConfig {
         self
     }
 
+    /// Another listener, e.g. `"ws:127.0.0.N:5066"`.
+    pub fn listen(mut self, spec: &str) -> FrontConfig {
+        self.listen_extra.push(spec.into());
+        self
+    }
+
     /// Add a backend with an explicit priority (lower is preferred).
     pub fn backend_prio(mut self, name: &str, addr: SocketAddr, tp: Tp, priority: u32) -> FrontConfig {
         self.backends.push(BackendSpec { name: name.into(), addr, tp, priority });
@@ -118,8 +126,11 @@ impl FrontConfig {
     fn toml(&self, name: &str, ip: Ipv4Addr) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "[node]\nid = 1\nname = \"{name}\"\n");
-        let _ =
-            writeln!(s, "[sip]\nlisten = [\"udp:{ip}:{FRONT_PORT}\", \"tcp:{ip}:{FRONT_PORT}\"]\nadvertise = \"{ip}\"");
+        let extra: String = self.listen_extra.iter().map(|l| format!(", \"{l}\"")).collect();
+        let _ = writeln!(
+            s,
+            "[sip]\nlisten = [\"udp:{ip}:{FRONT_PORT}\", \"tcp:{ip}:{FRONT_PORT}\"{extra}]\nadvertise = \"{ip}\""
+        );
         for l in &self.sip_extra {
             let _ = writeln!(s, "{l}");
         }

@@ -1,5 +1,6 @@
-//! One plain HTTP/1.1 exchange (`Connection: close`) with an admin API or the demo's dashboard: what the admin,
-//! demo and browser tests need, without an HTTP client dependency.
+//! One plain HTTP/1.1 exchange (`Connection: close`) with an admin API, the demo's dashboard or Chromium's DevTools
+//! port: what the admin, demo and browser tests need, without an HTTP client dependency; and one sample read out of
+//! a Prometheus exposition.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,8 +18,34 @@ pub fn http_exchange(addr: &str, method: &str, path: &str, token: Option<&str>, 
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let out = String::from_utf8_lossy(&read_response(&mut s)).into_owned();
     let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     Some((code, out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+}
+
+/// The response's bytes: up to the end of its body when it has a Content-Length (some servers, Chromium's DevTools
+/// one among them, keep the connection open despite `Connection: close`), else up to EOF or the read timeout.
+fn read_response(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(h) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..h]).to_ascii_lowercase();
+            let len = head.lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| out.len() >= h + 4 + n) {
+                return out;
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return out,
+        }
+    }
+}
+
+/// The value of the first sample line of `metric` (name and labels as written) in a Prometheus exposition.
+pub fn metric_sample(text: &str, metric: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
 }

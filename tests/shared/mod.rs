@@ -7,10 +7,14 @@
 //!   sip_text  SipMsg, SIPp message traces, TCP framing, hand-built requests    pure text
 //!   sipp      SippRun: a finished SIPp's exit code, screen totals and trace     reads SIPp's files
 //!   proc      Proc: a child in its own process group, SIGKILLed as a group      processes
-//!   http      http_exchange: one HTTP/1.1 request to an admin API               sockets
+//!   http      http_exchange: one HTTP/1.1 request; metric_sample from /metrics  sockets
+//!   browser   headless Chromium: its flags, and one driven over DevTools        processes, sockets
 //! ```
+//!
+//! `browser` is used by path (`common::browser::Browser`), not re-exported: only the browser tests need it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod http;
 pub mod proc;
 pub mod sip_text;
