@@ -402,6 +402,12 @@ fn tls_phone_reconnects_after_a_leader_kill_and_its_calls_end_cleanly() {
     });
     let new = *sampler.holders().first().unwrap();
     assert_ne!(new, old, "the VIP moved");
+    let vip_moved = sampler
+        .changes()
+        .iter()
+        .find(|c| c.at > killed && c.holders.len() == 1 && c.holders.contains(&new))
+        .map(|c| c.at - killed)
+        .expect("the VIP's move in the sampler's timeline");
 
     rt.block_on(async {
         phone.hang_up(&a, IpAddr::V4(vip)).await;
@@ -423,7 +429,8 @@ fn tls_phone_reconnects_after_a_leader_kill_and_its_calls_end_cleanly() {
     poll_until("no dialog left on the new leader", STEP, || status_field(&lab.status(new), new, DIALOGS) == Some("0"));
     sampler.assert_never_two();
     let line = format!(
-        "failover tls kill9 n{old}->n{new}: reconnected {} ms, registered {} ms",
+        "failover tls kill9 n{old}->n{new}: VIP moved {} ms, phone reconnected {} ms, registered {} ms",
+        vip_moved.as_millis(),
         reconnected.as_millis(),
         registered.as_millis()
     );
