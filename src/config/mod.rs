@@ -143,6 +143,18 @@ pub struct SipConfig {
     /// TCP connections with no traffic for this long are closed.
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout: ConfigDuration,
+    /// Accepted stream connections (TCP, TLS, WS, WSS together) held at most; one more is closed at once. Each
+    /// is a file descriptor: keep it under the process's `LimitNOFILE`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Accepted stream connections held at most from one source IP address. An office behind NAT puts all its
+    /// phones on one address, so this is high by default.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Once the first byte of a message has arrived on a TCP or TLS connection, the whole message must arrive
+    /// within this, else the connection is closed (slowloris).
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout: ConfigDuration,
     /// Max-Forwards written into requests that arrive without one.
     #[serde(default = "default_max_forwards")]
     pub max_forwards: u32,
@@ -160,6 +172,27 @@ fn default_tcp_idle_timeout() -> ConfigDuration {
 }
 fn default_max_forwards() -> u32 {
     70
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_source() -> usize {
+    256
+}
+fn default_message_timeout() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+
+impl SipConfig {
+    /// The transport layer's view of the connection caps and timeouts.
+    pub fn stream_limits(&self) -> crate::transport::StreamLimits {
+        crate::transport::StreamLimits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            idle: self.tcp_idle_timeout.get(),
+            message_timeout: self.message_timeout.get(),
+        }
+    }
 }
 
 /// `[tls]`: certificate and key (PEM) for `tls:` listeners, re-read on SIGHUP; how TLS backends are verified.
@@ -534,6 +567,24 @@ impl Config {
         }
         if self.sip.tcp_idle_timeout.get() < Duration::from_secs(1) {
             return Err(invalid("sip.tcp_idle_timeout", "must be at least 1s"));
+        }
+        if self.sip.max_connections == 0 {
+            return Err(invalid("sip.max_connections", "must be at least 1"));
+        }
+        if self.sip.max_connections_per_source == 0 {
+            return Err(invalid("sip.max_connections_per_source", "must be at least 1"));
+        }
+        if self.sip.max_connections_per_source > self.sip.max_connections {
+            return Err(invalid(
+                "sip.max_connections_per_source",
+                format!(
+                    "{} is above sip.max_connections ({})",
+                    self.sip.max_connections_per_source, self.sip.max_connections
+                ),
+            ));
+        }
+        if self.sip.message_timeout.get() < Duration::from_millis(100) {
+            return Err(invalid("sip.message_timeout", "must be at least 100ms"));
         }
         let t = &self.timers;
         if t.t1.get() < Duration::from_millis(10) {

@@ -4,7 +4,10 @@
 //! CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by `[tls] handshake_timeout`) before
 //! it is adopted: framing, idle timeout and connection ids are the same code for both. WebSocket connections
 //! (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by WebSocket (`ws.rs`); they are
-//! only accepted, never opened.
+//! only accepted, never opened. Every accepted socket first takes a place under the connection caps (`limits.rs`)
+//! and is closed at once, before any handshake, when there is none; a TCP or TLS message whose first byte has
+//! arrived must be complete within `sip.message_timeout` (slowloris). Each close sipfront decides is counted by
+//! reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::{count_close, Admission, CloseReason, ConnCounts, StreamLimits};
 use super::tls::TlsContext;
 use super::ws::{self, WsSettings};
 use super::{ConnId, Inbound, Source, Target, Transport, TransportError, Verdict};
@@ -80,6 +84,11 @@ pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
     }
 }
 
+/// Whether a framing failure is about size (`too_large`) rather than form (`malformed`).
+fn is_oversize(reason: &str) -> bool {
+    reason.ends_with("too large")
+}
+
 struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
     remote: SocketAddr,
@@ -105,7 +114,8 @@ struct PoolInner {
     by_addr: DashMap<(Transport, SocketAddr), ConnId>,
     next_id: AtomicU64,
     max_message: usize,
-    idle: Duration,
+    /// The caps, timeouts and the accepted connections held under them.
+    counts: Arc<ConnCounts>,
     /// Certificates and client config; `None` when the node has neither TLS listeners nor TLS backends.
     tls: Option<Arc<TlsContext>>,
     /// `[websocket]`: Origins and frame size for `ws:`/`wss:` listeners.
@@ -140,7 +150,7 @@ impl TcpPool {
     pub async fn bind(
         addrs: &[(Transport, SocketAddr)],
         max_message: usize,
-        idle: Duration,
+        limits: StreamLimits,
         tls: Option<Arc<TlsContext>>,
         ws: WsSettings,
     ) -> Result<TcpPool, TransportError> {
@@ -162,7 +172,7 @@ impl TcpPool {
                 by_addr: DashMap::new(),
                 next_id: AtomicU64::new(first_conn_id()),
                 max_message,
-                idle,
+                counts: ConnCounts::new(limits),
                 tls,
                 ws,
                 inbound: OnceLock::new(),
@@ -200,12 +210,14 @@ impl TcpPool {
                     };
                     match r {
                         Ok((stream, remote)) => {
+                            // Over a cap: dropped (closed) before any handshake; counted and logged by `admit`.
+                            let Ok(place) = pool.inner.counts.admit(remote, transport) else { continue };
                             let _ = stream.set_nodelay(true);
                             match transport {
-                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport),
-                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws),
+                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport, place),
+                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws, place),
                                 _ => {
-                                    pool.adopt(stream, remote, Transport::Tcp);
+                                    pool.adopt(stream, remote, Transport::Tcp, Some(place));
                                 }
                             }
                         }
@@ -223,7 +235,7 @@ impl TcpPool {
     /// Shake hands with a client of a `tls:` or `wss:` listener in a task of its own (a slow client delays no
     /// one), then adopt the connection (`wss:`: after the WebSocket upgrade). The certificate is the one current
     /// at this accept.
-    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport) {
+    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport, place: Admission) {
         let Some(ctx) = self.inner.tls.clone() else { return };
         let Some(server) = ctx.server.as_ref().map(|s| s.current()) else { return };
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
@@ -235,16 +247,18 @@ impl TcpPool {
                 r = tokio::time::timeout(ctx.handshake_timeout, accept) => r,
             };
             match r {
-                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss),
+                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss, place),
                 Ok(Ok(tls)) => {
-                    pool.adopt(tls, remote, Transport::Tls);
+                    pool.adopt(tls, remote, Transport::Tls, Some(place));
                 }
                 Ok(Err(e)) => {
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    count_close(transport, CloseReason::HandshakeFailed);
                     tracing::info!(%remote, error = %e, "tls handshake failed");
                 }
                 Err(_) => {
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    count_close(transport, CloseReason::HandshakeTimeout);
                     tracing::info!(%remote, "tls handshake timed out");
                 }
             }
@@ -253,20 +267,27 @@ impl TcpPool {
 
     /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the
     /// handshake timeout, then register it and run its frame loop.
-    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) {
+    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport, place: Admission) {
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
+            let _place = place;
             let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote);
             let socket = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                s = upgrade => match s { Some(s) => s, None => return },
+                s = upgrade => match s {
+                    Ok(s) => s,
+                    Err(reason) => return count_close(transport, reason),
+                },
             };
             let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
             let (id, rx) = pool.register(remote, transport);
-            let conn =
-                ws::Conn { id, source: Source { transport, remote, conn: Some(id) }, idle: pool.inner.idle, inbound };
-            ws::serve(socket, rx, conn, shutdown.child_token()).await;
+            let idle = pool.inner.counts.limits().idle;
+            let source = Source { transport, remote, conn: Some(id) };
+            let conn = ws::Conn { id, source, idle, inbound };
+            if let Some(reason) = ws::serve(socket, rx, conn, shutdown.child_token()).await {
+                count_close(transport, reason);
+            }
             pool.forget(id, remote, transport);
         });
     }
@@ -281,16 +302,26 @@ impl TcpPool {
         (id, rx)
     }
 
-    /// Register a connected stream and start its reader and writer.
-    fn adopt<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) -> ConnId {
+    /// Register a connected stream and start its reader and writer. `place` is its place under the caps (an
+    /// accepted connection; none for one we opened), given back when the connection ends.
+    fn adopt<S: Stream>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        transport: Transport,
+        place: Option<Admission>,
+    ) -> ConnId {
         let (id, rx) = self.register(remote, transport);
         let (rd, wr) = tokio::io::split(stream);
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
+            let _place = place;
             let cancel = shutdown.child_token();
             let writer = tokio::spawn(write_loop(wr, rx, cancel.clone()));
-            pool.read_loop(rd, id, remote, transport, cancel.clone()).await;
+            if let Some(reason) = pool.read_loop(rd, id, remote, transport, cancel.clone()).await {
+                count_close(transport, reason);
+            }
             cancel.cancel();
             let _ = writer.await;
             pool.forget(id, remote, transport);
@@ -305,6 +336,7 @@ impl TcpPool {
         tracing::debug!(conn = id, %remote, %transport, "connection closed");
     }
 
+    /// Read and frame messages into `inbound` until the stream ends; why sipfront closed it, when it did.
     async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         mut rd: R,
@@ -312,11 +344,12 @@ impl TcpPool {
         remote: SocketAddr,
         transport: Transport,
         cancel: CancellationToken,
-    ) {
-        let Some(inbound) = self.inner.inbound.get().cloned() else {
-            return;
-        };
+    ) -> Option<CloseReason> {
+        let inbound = self.inner.inbound.get().cloned()?;
+        let StreamLimits { idle, message_timeout, .. } = *self.inner.counts.limits();
         let mut buf = BytesMut::with_capacity(8192);
+        // When the message now partly in `buf` must be complete (slowloris guard); trickled bytes do not move it.
+        let mut message_deadline: Option<tokio::time::Instant> = None;
         loop {
             // Drain every whole message already buffered.
             loop {
@@ -329,35 +362,49 @@ impl TcpPool {
                         }
                     }
                     Framed::Message(n) => {
+                        message_deadline = None;
                         let msg = buf.split_to(n).freeze();
                         let src = Source { transport, remote, conn: Some(id) };
                         if inbound.on_message(msg, src) == Verdict::Garbage {
                             tracing::info!(conn = id, %remote, %transport, "closing connection after an unparseable message");
-                            return;
+                            return Some(CloseReason::Malformed);
                         }
                     }
                     Framed::Invalid(reason) => {
                         metrics::counter!(m::MALFORMED_DROPPED, "reason" => reason).increment(1);
                         tracing::info!(conn = id, %remote, %transport, reason, "closing connection");
-                        return;
+                        return Some(if is_oversize(reason) { CloseReason::TooLarge } else { CloseReason::Malformed });
                     }
                 }
             }
+            let now = tokio::time::Instant::now();
+            if buf.is_empty() {
+                message_deadline = None;
+            } else if message_deadline.is_none() {
+                message_deadline = Some(now + message_timeout);
+            }
+            let idle_deadline = now + idle;
+            let deadline = message_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8192);
             }
             let r = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(self.inner.idle, rd.read_buf(&mut buf)) => r,
+                _ = cancel.cancelled() => return None,
+                r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => r,
             };
             match r {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => {
                     metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => transport.as_lower()).increment(n as u64);
                 }
+                Err(_) if message_deadline == Some(deadline) => {
+                    tracing::info!(conn = id, %remote, %transport, ?message_timeout, buffered = buf.len(),
+                        "closing connection: a message did not complete in time");
+                    return Some(CloseReason::SlowMessage);
+                }
                 Err(_) => {
                     tracing::debug!(conn = id, %remote, %transport, "closing idle connection");
-                    return;
+                    return Some(CloseReason::Idle);
                 }
             }
         }
@@ -399,8 +446,10 @@ impl TcpPool {
         };
         let _ = stream.set_nodelay(true);
         let id = match target.transport {
-            Transport::Tls => self.adopt(self.connect_tls(stream, target.addr).await?, target.addr, Transport::Tls),
-            _ => self.adopt(stream, target.addr, Transport::Tcp),
+            Transport::Tls => {
+                self.adopt(self.connect_tls(stream, target.addr).await?, target.addr, Transport::Tls, None)
+            }
+            _ => self.adopt(stream, target.addr, Transport::Tcp, None),
         };
         let tx = self.inner.conns.get(&id).map(|h| h.tx.clone()).ok_or(TransportError::Closed(target.addr))?;
         tx.send(data).await.map_err(|_| TransportError::Closed(target.addr))

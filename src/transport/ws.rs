@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::CloseReason;
 use super::{ConnId, Inbound, Source, Verdict};
 use crate::metrics as m;
 
@@ -82,13 +83,13 @@ fn check_upgrade(
 }
 
 /// The HTTP upgrade on an accepted (and for `wss:`, TLS-wrapped) stream, bounded by the handshake timeout.
-/// `None` when it failed or was refused (already logged and counted).
+/// On failure or refusal (already logged and counted in `sipfront_ws_refused_total`), the reason to close.
 pub(super) async fn accept<S>(
     stream: S,
     settings: &WsSettings,
     max_message: usize,
     remote: SocketAddr,
-) -> Option<WebSocketStream<S>>
+) -> Result<WebSocketStream<S>, CloseReason>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -98,19 +99,19 @@ where
     let callback = |req: &Request, resp: Response| check_upgrade(settings, remote, req, resp);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
-        Ok(Ok(ws)) => Some(ws),
+        Ok(Ok(ws)) => Ok(ws),
         Ok(Err(e)) => {
             // A refusal was counted by its own reason; this counts the rest (not HTTP, bad key, reset).
             if !matches!(e, tokio_tungstenite::tungstenite::Error::Http(_)) {
                 metrics::counter!(m::WS_REFUSED, "reason" => "handshake").increment(1);
             }
             tracing::debug!(%remote, error = %e, "websocket upgrade failed");
-            None
+            Err(CloseReason::HandshakeFailed)
         }
         Err(_) => {
             metrics::counter!(m::WS_REFUSED, "reason" => "timeout").increment(1);
             tracing::info!(%remote, "websocket upgrade timed out");
-            None
+            Err(CloseReason::HandshakeTimeout)
         }
     }
 }
@@ -124,18 +125,21 @@ pub(super) struct Conn {
 }
 
 /// Read frames into `inbound` and write queued messages as frames until either side closes, the connection is
-/// idle for `idle`, a frame cannot be parsed as SIP, or `cancel`. One task does both directions: tungstenite
-/// answers pings and closes as part of reading, and its replies go out with the next write or read.
+/// idle for `idle`, a frame cannot be parsed as SIP, or `cancel`. One task does both
+/// directions: tungstenite answers pings and closes as part of reading, and its replies go out with the next write
+/// or read. Returns why sipfront closed the connection, when it did.
 pub(super) async fn serve<S>(
     mut ws: WebSocketStream<S>,
     mut outgoing: mpsc::Receiver<Bytes>,
     conn: Conn,
     cancel: CancellationToken,
-) where
+) -> Option<CloseReason>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Conn { id, source, idle, inbound } = conn;
     let transport = source.transport;
+    let mut closed_by_us = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -157,6 +161,9 @@ pub(super) async fn serve<S>(
                     Ok(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             metrics::counter!(m::MALFORMED_DROPPED, "reason" => "ws_too_large").increment(1);
+                            closed_by_us = Some(CloseReason::TooLarge);
+                        } else if matches!(e, tokio_tungstenite::tungstenite::Error::Protocol(_)) {
+                            closed_by_us = Some(CloseReason::Malformed);
                         }
                         tracing::info!(conn = id, remote = %source.remote, %transport, error = %e, "closing websocket");
                         break;
@@ -164,6 +171,7 @@ pub(super) async fn serve<S>(
                     Ok(None) => break,
                     Err(_) => {
                         tracing::debug!(conn = id, remote = %source.remote, %transport, "closing idle websocket");
+                        closed_by_us = Some(CloseReason::Idle);
                         break;
                     }
                 };
@@ -181,12 +189,15 @@ pub(super) async fn serve<S>(
                 }
                 if inbound.on_message(data, source) == Verdict::Garbage {
                     tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket after an unparseable message");
+                    closed_by_us = Some(CloseReason::Malformed);
                     break;
                 }
             }
         }
     }
-    let _ = ws.close(None).await;
+    // A dead peer may never read our Close (and a full send buffer would hold it): bounded, then dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    closed_by_us
 }
 
 #[cfg(test)]
