@@ -282,16 +282,27 @@ pub struct WebSocketConfig {
     /// `sip.max_message_size`).
     #[serde(default = "default_ws_max_frame_size")]
     pub max_frame_size: usize,
+    /// We send a WebSocket Ping this often and close a connection from which no frame came until the next one
+    /// (dead browsers, lost NAT bindings); `"0s"`: no pings.
+    #[serde(default = "default_ws_ping_interval")]
+    pub ping_interval: ConfigDuration,
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig { allowed_origins: Vec::new(), max_frame_size: default_ws_max_frame_size() }
+        WebSocketConfig {
+            allowed_origins: Vec::new(),
+            max_frame_size: default_ws_max_frame_size(),
+            ping_interval: default_ws_ping_interval(),
+        }
     }
 }
 
 fn default_ws_max_frame_size() -> usize {
     65_535
+}
+fn default_ws_ping_interval() -> ConfigDuration {
+    ConfigDuration::secs(30)
 }
 
 impl WebSocketConfig {
@@ -301,12 +312,17 @@ impl WebSocketConfig {
             allowed_origins: self.allowed_origins.clone(),
             max_frame_size: self.max_frame_size,
             handshake_timeout,
+            ping_interval: Some(self.ping_interval.get()).filter(|d| !d.is_zero()),
         }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_size < 512 {
             return Err(invalid("websocket.max_frame_size", "must be at least 512 bytes"));
+        }
+        let ping = self.ping_interval.get();
+        if !ping.is_zero() && ping < Duration::from_millis(100) {
+            return Err(invalid("websocket.ping_interval", "must be \"0s\" (off) or at least 100ms"));
         }
         if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
             return Err(invalid("websocket.allowed_origins", format!("`{o}` is not an origin like \"https://host\"")));

@@ -152,6 +152,10 @@ fn defaults() {
     let limits = c.sip.stream_limits();
     assert_eq!((limits.max_connections, limits.max_per_source), (10_000, 256));
     assert_eq!((limits.idle, limits.message_timeout), (Duration::from_secs(300), Duration::from_secs(10)));
+    let ws = c.websocket.settings(Duration::from_secs(5));
+    assert_eq!(ws.ping_interval, Some(Duration::from_secs(30)));
+    let off = Config::from_toml(&MINIMAL.replace("[[backend]]", "[websocket]\nping_interval = \"0s\"\n[[backend]]"));
+    assert_eq!(off.unwrap().websocket.settings(Duration::from_secs(5)).ping_interval, None, "0s: no pings");
     let t = c.backends[0].target().unwrap();
     assert_eq!((t.addr, t.transport), ("127.0.0.1:5080".parse().unwrap(), Transport::Udp));
     assert!(c.summary().starts_with("ok: node 1 (a)"));
@@ -194,6 +198,7 @@ fn bad_values_name_the_key_and_reason() {
             "websocket.allowed_origins",
         ),
         ("[[backend]]", "[websocket]\norigins = []\n[[backend]]", "unknown field `origins`"),
+        ("[[backend]]", "[websocket]\nping_interval = \"10ms\"\n[[backend]]", "websocket.ping_interval: must be"),
         ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1\"\nmax_connections = 0", "sip.max_connections: must be"),
         (
             "advertise = \"127.0.0.1\"",

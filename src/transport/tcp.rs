@@ -284,7 +284,7 @@ impl TcpPool {
             let (id, rx) = pool.register(remote, transport);
             let idle = pool.inner.counts.limits().idle;
             let source = Source { transport, remote, conn: Some(id) };
-            let conn = ws::Conn { id, source, idle, inbound };
+            let conn = ws::Conn { id, source, idle, ping_interval: pool.inner.ws.ping_interval, inbound };
             if let Some(reason) = ws::serve(socket, rx, conn, shutdown.child_token()).await {
                 count_close(transport, reason);
             }

@@ -3,6 +3,10 @@
 //! message into one frame. The TCP pool (`tcp.rs`) owns the listeners, the TLS of `wss:`, connection ids and
 //! reuse; this module only speaks WebSocket on a stream it is handed. We never open WebSocket connections: a WS
 //! client is reachable only over the connection it opened.
+//!
+//! Every `websocket.ping_interval` we send a Ping; a peer from which no frame at all arrived by the next tick
+//! (a dead browser, a NAT binding gone) is closed (`ping_timeout`). The same bounds a client that trickles a
+//! frame slowly, which `sip.message_timeout` cannot see inside tungstenite.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -31,11 +35,18 @@ pub struct WsSettings {
     pub max_frame_size: usize,
     /// The HTTP upgrade (after TLS on `wss:`) must be done this long after it starts (`[tls] handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Send a Ping this often, and close a connection that sent no frame between two pings; `None`: never.
+    pub ping_interval: Option<Duration>,
 }
 
 impl Default for WsSettings {
     fn default() -> Self {
-        WsSettings { allowed_origins: Vec::new(), max_frame_size: 65_535, handshake_timeout: Duration::from_secs(5) }
+        WsSettings {
+            allowed_origins: Vec::new(),
+            max_frame_size: 65_535,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -121,11 +132,13 @@ pub(super) struct Conn {
     pub id: ConnId,
     pub source: Source,
     pub idle: Duration,
+    /// `websocket.ping_interval`; `None`: no pings.
+    pub ping_interval: Option<Duration>,
     pub inbound: std::sync::Arc<dyn Inbound>,
 }
 
 /// Read frames into `inbound` and write queued messages as frames until either side closes, the connection is
-/// idle for `idle`, a frame cannot be parsed as SIP, or `cancel`. One task does both
+/// idle for `idle`, the peer misses a ping, a frame cannot be parsed as SIP, or `cancel`. One task does both
 /// directions: tungstenite answers pings and closes as part of reading, and its replies go out with the next write
 /// or read. Returns why sipfront closed the connection, when it did.
 pub(super) async fn serve<S>(
@@ -137,12 +150,34 @@ pub(super) async fn serve<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Conn { id, source, idle, inbound } = conn;
+    let Conn { id, source, idle, ping_interval, inbound } = conn;
     let transport = source.transport;
+    // Ticks every ping interval; never when pings are off.
+    let mut pings = ping_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A tick late behind a slow send must not count as a second missed ping at once.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    // Whether a ping is out and no frame of any kind came since it was sent.
+    let mut ping_unanswered = false;
+    // Idle counts from the last frame the peer sent: our own pings and messages do not keep it open.
+    let mut idle_until = tokio::time::Instant::now() + idle;
     let mut closed_by_us = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = next_tick(&mut pings) => {
+                if ping_unanswered {
+                    tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket: no answer to our ping");
+                    closed_by_us = Some(CloseReason::PingTimeout);
+                    break;
+                }
+                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+                ping_unanswered = true;
+            }
             out = outgoing.recv() => {
                 let Some(data) = out else { break };
                 // SIP is text; a body that is not UTF-8 makes the whole message a binary frame (RFC 7118 §5).
@@ -155,7 +190,7 @@ where
                     break;
                 }
             }
-            r = tokio::time::timeout(idle, ws.next()) => {
+            r = tokio::time::timeout_at(idle_until, ws.next()) => {
                 let msg = match r {
                     Ok(Some(Ok(msg))) => msg,
                     Ok(Some(Err(e))) => {
@@ -175,6 +210,8 @@ where
                         break;
                     }
                 };
+                ping_unanswered = false;
+                idle_until = tokio::time::Instant::now() + idle;
                 let data: Bytes = match msg {
                     Message::Text(t) => t.into(),
                     Message::Binary(b) => b,
@@ -198,6 +235,16 @@ where
     // A dead peer may never read our Close (and a full send buffer would hold it): bounded, then dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
     closed_by_us
+}
+
+/// The next ping tick; never when pings are off.
+async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
+    match pings {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
