@@ -67,6 +67,8 @@ pub struct FrontConfig {
     pub t1: Option<String>,
     /// Extra `key = value` lines for `[sip]`.
     pub sip_extra: Vec<String>,
+    /// Listeners besides UDP and TCP on :5060, as `"ws:127.0.0.N:5062"`.
+    pub listen_extra: Vec<String>,
     pub policy: Option<String>,
     /// Whole extra tables (`[health]`, `[dialogs]`, `[registrations]` ...), written after the backends.
     pub sections: Vec<String>,
@@ -86,6 +88,12 @@ impl FrontConfig {
 
     pub fn t1(mut self, t1: &str) -> FrontConfig {
         self.t1 = Some(t1.into());
+        self
+    }
+
+    /// One more listener, `"TRANSPORT:IP:PORT"`.
+    pub fn listen(mut self, addr: &str) -> FrontConfig {
+        self.listen_extra.push(addr.into());
         self
     }
 
@@ -118,8 +126,11 @@ impl FrontConfig {
     fn toml(&self, name: &str, ip: Ipv4Addr) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "[node]\nid = 1\nname = \"{name}\"\n");
-        let _ =
-            writeln!(s, "[sip]\nlisten = [\"udp:{ip}:{FRONT_PORT}\", \"tcp:{ip}:{FRONT_PORT}\"]\nadvertise = \"{ip}\"");
+        let extra: String = self.listen_extra.iter().map(|l| format!(", \"{l}\"")).collect();
+        let _ = writeln!(
+            s,
+            "[sip]\nlisten = [\"udp:{ip}:{FRONT_PORT}\", \"tcp:{ip}:{FRONT_PORT}\"{extra}]\nadvertise = \"{ip}\""
+        );
         for l in &self.sip_extra {
             let _ = writeln!(s, "{l}");
         }
