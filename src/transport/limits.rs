@@ -130,7 +130,8 @@ impl ConnCounts {
 
     /// Take a place for a connection accepted from `remote`, or say which cap is full (then counted and logged).
     pub fn admit(self: &Arc<Self>, remote: SocketAddr, transport: Transport) -> Result<Admission, Refusal> {
-        let r = self.try_admit(remote.ip());
+        // An IPv4 client seen on a dual-stack listener (::ffff:a.b.c.d) is the same source as on an IPv4 one.
+        let r = self.try_admit(remote.ip().to_canonical());
         if let Err(refusal) = r {
             let reason = refusal.as_label();
             metrics::counter!(m::CONNECTIONS_REFUSED, "transport" => transport.as_lower(), "reason" => reason)
