@@ -2,10 +2,13 @@
 //! connection one over at once (the client reads EOF) and count it, and a place comes back when a connection
 //! ends; a client that starts a message and stalls, or trickles it byte by byte, is closed after
 //! `sip.message_timeout` while another client is answered; a WebSocket peer that answers none of our pings is
-//! closed (`ping_timeout`) while one that reads them stays. Every wait waits for the event, with a deadline.
-//! Test numbers (tests/common/mod.rs): 130-132. The admin server listens on 127.0.0.N:9090, WebSocket on :5062.
+//! closed (`ping_timeout`) while one that reads them stays; on a `tls:` listener the cap applies before the
+//! handshake, and a client that never starts its handshake is closed and counted (`handshake_timeout`). Every
+//! wait waits for the event, with a deadline. Test numbers (tests/common/mod.rs): 130-133. The admin server
+//! listens on 127.0.0.N:9090, WebSocket on :5062, TLS on :5061.
 
 mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -246,4 +249,36 @@ fn a_websocket_peer_that_answers_no_ping_is_closed_and_one_that_reads_stays() {
     assert_eq!(counter(&admin, "sipfront_connections_closed_total", &labels), 1.0, "only the silent peer");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().expect("the live reader") >= 3);
+}
+
+#[test]
+fn on_tls_the_cap_comes_before_the_handshake_and_a_silent_handshake_is_closed_and_counted() {
+    let pki = support::tls::Pki::new("limits-tls");
+    pki.leaf("front");
+    let mut h = Harness::new("tls_handshake_limits", 133);
+    let tls_addr = h.front(5061);
+    let tls = format!("{}handshake_timeout = \"200ms\"", support::tls::tls_section(&pki, "front"));
+    let admin = start(&mut h, &["max_connections_per_source = 1"], Some(&format!("tls:{tls_addr}")), &tls);
+
+    // The first connection holds the one place of its address while it has not even started its handshake.
+    let mut silent = TcpPeer::connect(h.front_ip(), tls_addr);
+    let opened = Instant::now();
+    let mut second = TcpPeer::connect(h.front_ip(), tls_addr);
+    match second.recv(WAIT) {
+        TcpRead::Closed => {}
+        other => panic!("the second connection must be closed at once, got {other:?}"),
+    }
+    match silent.recv(WAIT) {
+        TcpRead::Closed => {}
+        other => panic!("the silent client must be closed by the handshake timeout, got {other:?}"),
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(190), "not before the handshake timeout");
+
+    let closed =
+        |reason| counter(&admin, "sipfront_connections_closed_total", &[("transport", "tls"), ("reason", reason)]);
+    assert_eq!((closed("limit"), closed("handshake_timeout")), (1.0, 1.0));
+    let refused = [("transport", "tls"), ("reason", "per_source")];
+    assert_eq!(counter(&admin, "sipfront_connections_refused_total", &refused), 1.0);
+    assert_eq!(counter(&admin, "sipfront_tls_handshake_failures_total", &[("side", "client")]), 1.0, "still counted");
+    let _ = std::fs::remove_dir_all(&pki.dir);
 }
