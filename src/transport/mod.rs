@@ -5,6 +5,7 @@
 //!
 //! This module moves bytes; it does not parse SIP beyond stream framing and never decides where a message goes.
 
+mod framing;
 mod limits;
 mod tcp;
 pub mod tls;
@@ -18,8 +19,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use framing::{frame_stream_message, Framed};
 pub use limits::{CloseReason, StreamLimits};
-pub use tcp::{frame_stream_message, Framed, TcpPool};
+pub use tcp::TcpPool;
 pub use tls::{TlsContext, TlsError, TlsSettings};
 pub use udp::UdpListener;
 pub use ws::WsSettings;

@@ -1,13 +1,13 @@
 //! Stream connections, TCP and TLS alike: listeners, accepted and outgoing connections, one reader and one writer
-//! task per connection, and Content-Length framing (RFC 3261 §18.3). Connections are reused per transport and
-//! remote address; a connection that sends a malformed or oversized frame is closed alone. Double-CRLF pings get a
-//! CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by `[tls] handshake_timeout`) before
-//! it is adopted: framing, idle timeout and connection ids are the same code for both. WebSocket connections
-//! (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by WebSocket (`ws.rs`); they are
-//! only accepted, never opened. Every accepted socket first takes a place under the connection caps (`limits.rs`)
-//! and is closed at once, before any handshake, when there is none; a TCP or TLS message whose first byte has
-//! arrived must be complete within `sip.message_timeout` (slowloris). Each close sipfront decides is counted by
-//! reason.
+//! task per connection, reading by Content-Length framing (`framing.rs`, RFC 3261 §18.3). Connections are reused
+//! per transport and remote address; a connection that sends a malformed or oversized frame is closed alone.
+//! Double-CRLF pings get a CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by
+//! `[tls] handshake_timeout`) before it is adopted: framing, idle timeout and connection ids are the same code for
+//! both. WebSocket connections (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by
+//! WebSocket (`ws.rs`); they are only accepted, never opened. Every accepted socket first takes a place under the
+//! connection caps (`limits.rs`) and is closed at once, before any handshake, when there is none; a TCP or TLS
+//! message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). Each close
+//! sipfront decides is counted by reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{frame_stream_message, is_oversize, Framed};
 use super::limits::{count_close, Admission, CloseReason, ConnCounts, StreamLimits};
 use super::tls::TlsContext;
 use super::ws::{self, WsSettings};
@@ -31,63 +32,6 @@ use crate::metrics as m;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages queued per connection before senders see it as congested.
 const WRITE_QUEUE: usize = 1024;
-
-/// What the front of a stream buffer holds.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Framed {
-    /// Not a whole message yet.
-    NeedMore,
-    /// `n` bytes of CRLF keep-alive; `ping` when it was a double CRLF that wants a pong.
-    KeepAlive { n: usize, ping: bool },
-    /// A whole message of this many bytes.
-    Message(usize),
-    /// The stream cannot be framed; the connection must be closed.
-    Invalid(&'static str),
-}
-
-/// Find the first message in a stream buffer.
-pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
-    let lead = buf.iter().take_while(|c| matches!(c, b'\r' | b'\n')).count();
-    if lead > 0 {
-        let ping = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
-        return Framed::KeepAlive { n: lead, ping };
-    }
-    let Some(hend) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        return if buf.len() > max { Framed::Invalid("header section too large") } else { Framed::NeedMore };
-    };
-    let head = &buf[..hend];
-    let mut length = None;
-    for line in head.split(|c| *c == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|c| *c == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = line[colon + 1..].trim_ascii();
-            match std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok()) {
-                Some(n) => length = Some(n),
-                None => return Framed::Invalid("bad Content-Length"),
-            }
-        }
-    }
-    let Some(len) = length else {
-        return Framed::Invalid("missing Content-Length on a stream transport");
-    };
-    let total = hend + 4 + len;
-    if total > max {
-        return Framed::Invalid("message too large");
-    }
-    if buf.len() < total {
-        Framed::NeedMore
-    } else {
-        Framed::Message(total)
-    }
-}
-
-/// Whether a framing failure is about size (`too_large`) rather than form (`malformed`).
-fn is_oversize(reason: &str) -> bool {
-    reason.ends_with("too large")
-}
 
 struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
@@ -511,24 +455,4 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Byt
         }
     }
     let _ = wr.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framing() {
-        let max = 65_535;
-        assert_eq!(frame_stream_message(b"\r\n\r\n", max), Framed::KeepAlive { n: 4, ping: true });
-        assert_eq!(frame_stream_message(b"\r\n", max), Framed::KeepAlive { n: 2, ping: false });
-        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n", max), Framed::NeedMore);
-        let m = b"OPTIONS sip:x SIP/2.0\r\nContent-Length : 3\r\n\r\nabcNEXT";
-        assert_eq!(frame_stream_message(m, max), Framed::Message(m.len() - 4));
-        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 5\r\n\r\nab", max), Framed::NeedMore);
-        assert!(matches!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nVia: x\r\n\r\n", max), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(b"A\r\nl: x\r\n\r\n", max), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(b"A\r\nl: 100\r\n\r\n", 50), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(&[b'a'; 100], 50), Framed::Invalid(_)));
-    }
 }
