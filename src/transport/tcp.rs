@@ -185,17 +185,20 @@ impl TcpPool {
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         let pool = self.clone();
         tokio::spawn(async move {
-            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+            // Fallible and pinned here: on a failure or timeout the socket is still ours, so the close is counted
+            // before the client can see it.
+            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream).into_fallible();
+            tokio::pin!(accept);
             let r = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(ctx.handshake_timeout, accept) => r,
+                r = tokio::time::timeout(ctx.handshake_timeout, &mut accept) => r,
             };
             match r {
                 Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss, place),
                 Ok(Ok(tls)) => {
                     pool.adopt(tls, remote, Transport::Tls, Some(place));
                 }
-                Ok(Err(e)) => {
+                Ok(Err((e, _socket))) => {
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
                     count_close(transport, CloseReason::HandshakeFailed);
                     tracing::info!(%remote, error = %e, "tls handshake failed");
@@ -216,22 +219,17 @@ impl TcpPool {
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
             let _place = place;
-            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote);
+            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote, transport);
             let socket = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                s = upgrade => match s {
-                    Ok(s) => s,
-                    Err(reason) => return count_close(transport, reason),
-                },
+                s = upgrade => match s { Some(s) => s, None => return },
             };
             let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
             let (id, rx) = pool.register(remote, transport);
             let idle = pool.inner.counts.limits().idle;
             let source = Source { transport, remote, conn: Some(id) };
             let conn = ws::Conn { id, source, idle, ping_interval: pool.inner.ws.ping_interval, inbound };
-            if let Some(reason) = ws::serve(socket, rx, conn, shutdown.child_token()).await {
-                count_close(transport, reason);
-            }
+            ws::serve(socket, rx, conn, shutdown.child_token()).await;
             pool.forget(id, remote, transport);
         });
     }

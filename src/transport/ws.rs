@@ -21,8 +21,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::CloseReason;
-use super::{ConnId, Inbound, Source, Verdict};
+use super::limits::{count_close, CloseReason};
+use super::{ConnId, Inbound, Source, Transport, Verdict};
 use crate::metrics as m;
 
 /// What the WebSocket side needs from the config (`[websocket]`).
@@ -94,13 +94,15 @@ fn check_upgrade(
 }
 
 /// The HTTP upgrade on an accepted (and for `wss:`, TLS-wrapped) stream, bounded by the handshake timeout.
-/// On failure or refusal (already logged and counted in `sipfront_ws_refused_total`), the reason to close.
+/// `None` when it failed or was refused: logged, and counted (`sipfront_ws_refused_total` and the close) before
+/// the socket is dropped.
 pub(super) async fn accept<S>(
     stream: S,
     settings: &WsSettings,
     max_message: usize,
     remote: SocketAddr,
-) -> Result<WebSocketStream<S>, CloseReason>
+    transport: Transport,
+) -> Option<WebSocketStream<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -109,20 +111,24 @@ where
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_upgrade(settings, remote, req, resp);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
-        Ok(Ok(ws)) => Ok(ws),
+    // Pinned here so that on a timeout the socket lives until the close is counted.
+    tokio::pin!(upgrade);
+    match tokio::time::timeout(settings.handshake_timeout, &mut upgrade).await {
+        Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             // A refusal was counted by its own reason; this counts the rest (not HTTP, bad key, reset).
             if !matches!(e, tokio_tungstenite::tungstenite::Error::Http(_)) {
                 metrics::counter!(m::WS_REFUSED, "reason" => "handshake").increment(1);
             }
             tracing::debug!(%remote, error = %e, "websocket upgrade failed");
-            Err(CloseReason::HandshakeFailed)
+            count_close(transport, CloseReason::HandshakeFailed);
+            None
         }
         Err(_) => {
             metrics::counter!(m::WS_REFUSED, "reason" => "timeout").increment(1);
             tracing::info!(%remote, "websocket upgrade timed out");
-            Err(CloseReason::HandshakeTimeout)
+            count_close(transport, CloseReason::HandshakeTimeout);
+            None
         }
     }
 }
@@ -140,14 +146,13 @@ pub(super) struct Conn {
 /// Read frames into `inbound` and write queued messages as frames until either side closes, the connection is
 /// idle for `idle`, the peer misses a ping, a frame cannot be parsed as SIP, or `cancel`. One task does both
 /// directions: tungstenite answers pings and closes as part of reading, and its replies go out with the next write
-/// or read. Returns why sipfront closed the connection, when it did.
+/// or read. A close sipfront decides is counted before the peer can see it.
 pub(super) async fn serve<S>(
     mut ws: WebSocketStream<S>,
     mut outgoing: mpsc::Receiver<Bytes>,
     conn: Conn,
     cancel: CancellationToken,
-) -> Option<CloseReason>
-where
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Conn { id, source, idle, ping_interval, inbound } = conn;
@@ -232,9 +237,11 @@ where
             }
         }
     }
+    if let Some(reason) = closed_by_us {
+        count_close(transport, reason);
+    }
     // A dead peer may never read our Close (and a full send buffer would hold it): bounded, then dropped.
     let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
-    closed_by_us
 }
 
 /// The next ping tick; never when pings are off.
