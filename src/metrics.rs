@@ -16,6 +16,8 @@ pub const TCP_CONNECTIONS: &str = "sipfront_tcp_connections";
 pub const TLS_HANDSHAKE_FAILURES: &str = "sipfront_tls_handshake_failures_total";
 pub const WS_REFUSED: &str = "sipfront_ws_refused_total";
 pub const TLS_RELOADS: &str = "sipfront_tls_reloads_total";
+pub const CONNECTIONS_REFUSED: &str = "sipfront_connections_refused_total";
+pub const CONNECTIONS_CLOSED: &str = "sipfront_connections_closed_total";
 pub const BUILD_INFO: &str = "sipfront_build_info";
 pub const BACKEND_UP: &str = "sipfront_backend_up";
 pub const BACKEND_STATE_CHANGES: &str = "sipfront_backend_state_changes_total";
@@ -71,6 +73,15 @@ pub fn describe() {
     describe_counter!(
         WS_REFUSED,
         "WebSocket upgrades refused or failed, by reason (origin, subprotocol, handshake, timeout)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Stream connections accepted over a cap and closed at once, by transport and reason (total, per_source)"
+    );
+    describe_counter!(
+        CONNECTIONS_CLOSED,
+        "Stream connections sipfront closed itself, by transport and reason (limit, handshake_timeout, \
+         handshake_failed, slow_message, too_large, malformed, idle, ping_timeout)"
     );
     describe_counter!(TLS_RELOADS, "Certificate reloads on SIGHUP, by result (ok, error)");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");

@@ -39,8 +39,7 @@ impl Server {
         };
         let ws = cfg.websocket.settings(cfg.tls.handshake_timeout.get());
         let transports =
-            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.tcp_idle_timeout.get(), tls, ws)
-                .await?;
+            Transports::bind(&cfg.sip.listen, cfg.sip.max_message_size, cfg.sip.stream_limits(), tls, ws).await?;
         let routing = Routing::new(&cfg.backends, cfg.routing.policy);
         let settings = Settings::from_config(cfg)?;
         let (proxy, cluster) = if cfg.cluster.is_some() {

@@ -339,6 +339,13 @@ async fn the_binary_counts_refused_upgrades_and_oversized_frames() {
     }
     let text = metrics(admin).await;
     assert!(text.contains("sipfront_malformed_dropped_total{reason=\"ws_too_large\"} 1"), "{text}");
+    let closed_too_large = |l: &&str| {
+        l.starts_with("sipfront_connections_closed_total{")
+            && l.contains("transport=\"ws\"")
+            && l.contains("reason=\"too_large\"")
+            && l.ends_with(" 1")
+    };
+    assert!(text.lines().any(|l| closed_too_large(&l)), "one close counted as too_large: {text}");
     assert!(text.contains("sipfront_ws_refused_total{reason=\"origin\"} 2"), "{text}");
     assert!(text.contains("sipfront_ws_refused_total{reason=\"subprotocol\"} 1"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -143,6 +143,18 @@ pub struct SipConfig {
     /// TCP connections with no traffic for this long are closed.
     #[serde(default = "default_tcp_idle_timeout")]
     pub tcp_idle_timeout: ConfigDuration,
+    /// Accepted stream connections (TCP, TLS, WS, WSS together) held at most; one more is closed at once. Each
+    /// is a file descriptor: keep it under the process's `LimitNOFILE`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Accepted stream connections held at most from one source IP address. An office behind NAT puts all its
+    /// phones on one address, so this is high by default.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
+    /// Once the first byte of a message has arrived on a TCP or TLS connection, the whole message must arrive
+    /// within this, else the connection is closed (slowloris).
+    #[serde(default = "default_message_timeout")]
+    pub message_timeout: ConfigDuration,
     /// Max-Forwards written into requests that arrive without one.
     #[serde(default = "default_max_forwards")]
     pub max_forwards: u32,
@@ -160,6 +172,27 @@ fn default_tcp_idle_timeout() -> ConfigDuration {
 }
 fn default_max_forwards() -> u32 {
     70
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_source() -> usize {
+    256
+}
+fn default_message_timeout() -> ConfigDuration {
+    ConfigDuration::secs(10)
+}
+
+impl SipConfig {
+    /// The transport layer's view of the connection caps and timeouts.
+    pub fn stream_limits(&self) -> crate::transport::StreamLimits {
+        crate::transport::StreamLimits {
+            max_connections: self.max_connections,
+            max_per_source: self.max_connections_per_source,
+            idle: self.tcp_idle_timeout.get(),
+            message_timeout: self.message_timeout.get(),
+        }
+    }
 }
 
 /// `[tls]`: certificate and key (PEM) for `tls:` listeners, re-read on SIGHUP; how TLS backends are verified.
@@ -249,16 +282,27 @@ pub struct WebSocketConfig {
     /// `sip.max_message_size`).
     #[serde(default = "default_ws_max_frame_size")]
     pub max_frame_size: usize,
+    /// We send a WebSocket Ping this often and close a connection from which no frame came until the next one
+    /// (dead browsers, lost NAT bindings); `"0s"`: no pings.
+    #[serde(default = "default_ws_ping_interval")]
+    pub ping_interval: ConfigDuration,
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        WebSocketConfig { allowed_origins: Vec::new(), max_frame_size: default_ws_max_frame_size() }
+        WebSocketConfig {
+            allowed_origins: Vec::new(),
+            max_frame_size: default_ws_max_frame_size(),
+            ping_interval: default_ws_ping_interval(),
+        }
     }
 }
 
 fn default_ws_max_frame_size() -> usize {
     65_535
+}
+fn default_ws_ping_interval() -> ConfigDuration {
+    ConfigDuration::secs(30)
 }
 
 impl WebSocketConfig {
@@ -268,12 +312,17 @@ impl WebSocketConfig {
             allowed_origins: self.allowed_origins.clone(),
             max_frame_size: self.max_frame_size,
             handshake_timeout,
+            ping_interval: Some(self.ping_interval.get()).filter(|d| !d.is_zero()),
         }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame_size < 512 {
             return Err(invalid("websocket.max_frame_size", "must be at least 512 bytes"));
+        }
+        let ping = self.ping_interval.get();
+        if !ping.is_zero() && ping < Duration::from_millis(100) {
+            return Err(invalid("websocket.ping_interval", "must be \"0s\" (off) or at least 100ms"));
         }
         if let Some(o) = self.allowed_origins.iter().find(|o| !o.contains("://")) {
             return Err(invalid("websocket.allowed_origins", format!("`{o}` is not an origin like \"https://host\"")));
@@ -534,6 +583,24 @@ impl Config {
         }
         if self.sip.tcp_idle_timeout.get() < Duration::from_secs(1) {
             return Err(invalid("sip.tcp_idle_timeout", "must be at least 1s"));
+        }
+        if self.sip.max_connections == 0 {
+            return Err(invalid("sip.max_connections", "must be at least 1"));
+        }
+        if self.sip.max_connections_per_source == 0 {
+            return Err(invalid("sip.max_connections_per_source", "must be at least 1"));
+        }
+        if self.sip.max_connections_per_source > self.sip.max_connections {
+            return Err(invalid(
+                "sip.max_connections_per_source",
+                format!(
+                    "{} is above sip.max_connections ({})",
+                    self.sip.max_connections_per_source, self.sip.max_connections
+                ),
+            ));
+        }
+        if self.sip.message_timeout.get() < Duration::from_millis(100) {
+            return Err(invalid("sip.message_timeout", "must be at least 100ms"));
         }
         let t = &self.timers;
         if t.t1.get() < Duration::from_millis(10) {

@@ -149,6 +149,13 @@ fn defaults() {
     assert_eq!(c.timers.t1.get(), Duration::from_millis(500));
     assert_eq!(c.timers.t1x64(), Duration::from_secs(32));
     assert_eq!(c.sip.max_forwards, 70);
+    let limits = c.sip.stream_limits();
+    assert_eq!((limits.max_connections, limits.max_per_source), (10_000, 256));
+    assert_eq!((limits.idle, limits.message_timeout), (Duration::from_secs(300), Duration::from_secs(10)));
+    let ws = c.websocket.settings(Duration::from_secs(5));
+    assert_eq!(ws.ping_interval, Some(Duration::from_secs(30)));
+    let off = Config::from_toml(&MINIMAL.replace("[[backend]]", "[websocket]\nping_interval = \"0s\"\n[[backend]]"));
+    assert_eq!(off.unwrap().websocket.settings(Duration::from_secs(5)).ping_interval, None, "0s: no pings");
     let t = c.backends[0].target().unwrap();
     assert_eq!((t.addr, t.transport), ("127.0.0.1:5080".parse().unwrap(), Transport::Udp));
     assert!(c.summary().starts_with("ok: node 1 (a)"));
@@ -191,6 +198,19 @@ fn bad_values_name_the_key_and_reason() {
             "websocket.allowed_origins",
         ),
         ("[[backend]]", "[websocket]\norigins = []\n[[backend]]", "unknown field `origins`"),
+        ("[[backend]]", "[websocket]\nping_interval = \"10ms\"\n[[backend]]", "websocket.ping_interval: must be"),
+        ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1\"\nmax_connections = 0", "sip.max_connections: must be"),
+        (
+            "advertise = \"127.0.0.1\"",
+            "advertise = \"127.0.0.1\"\nmax_connections_per_source = 0",
+            "sip.max_connections_per_source: must be at least 1",
+        ),
+        (
+            "advertise = \"127.0.0.1\"",
+            "advertise = \"127.0.0.1\"\nmax_connections = 100\nmax_connections_per_source = 101",
+            "sip.max_connections_per_source: 101 is above sip.max_connections (100)",
+        ),
+        ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1\"\nmessage_timeout = \"5ms\"", "sip.message_timeout"),
         ("uri = \"sip:127.0.0.1:5080\"", "uri = \"sips:127.0.0.1:5080\"", "write sip:...;transport=tls"),
         ("[[backend]]", "[tls]\nkey_file = \"/k.pem\"\n[[backend]]", "tls.cert_file: is missing"),
         ("[[backend]]", "[tls]\nhandshake_timeout = \"1ms\"\n[[backend]]", "tls.handshake_timeout"),

@@ -1,9 +1,12 @@
 //! Sockets: UDP listeners and TCP/TLS/WS/WSS connections (accepted and opened by us; WebSocket ones only
-//! accepted), framing of stream messages, and the one `send` every other layer uses. Replies and forwarded requests leave from our listeners, so the address in
-//! our Via and Record-Route is where answers come back to.
+//! accepted), framing of stream messages, the caps and timeouts that close slow or abusive connections
+//! (`limits.rs`), and the one `send` every other layer uses. Replies and forwarded requests leave from our
+//! listeners, so the address in our Via and Record-Route is where answers come back to.
 //!
 //! This module moves bytes; it does not parse SIP beyond stream framing and never decides where a message goes.
 
+mod framing;
+mod limits;
 mod tcp;
 pub mod tls;
 mod udp;
@@ -16,7 +19,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use tcp::{frame_stream_message, Framed, TcpPool};
+pub use framing::{frame_stream_message, Framed};
+pub use limits::{CloseReason, StreamLimits};
+pub use tcp::TcpPool;
 pub use tls::{TlsContext, TlsError, TlsSettings};
 pub use udp::UdpListener;
 pub use ws::WsSettings;
@@ -155,11 +160,12 @@ struct TransportsInner {
 
 impl Transports {
     /// Bind every listener. Nothing is read until [`Transports::start`].
-    /// `tls` is needed for `tls:` and `wss:` listeners and for TLS backends; `ws` applies to `ws:`/`wss:`.
+    /// `tls` is needed for `tls:` and `wss:` listeners and for TLS backends; `ws` applies to `ws:`/`wss:`;
+    /// `limits` to every accepted stream connection.
     pub async fn bind(
         listen: &[ListenAddr],
         max_message_size: usize,
-        tcp_idle: std::time::Duration,
+        limits: StreamLimits,
         tls: Option<Arc<TlsContext>>,
         ws: WsSettings,
     ) -> Result<Transports, TransportError> {
@@ -174,7 +180,7 @@ impl Transports {
         let tcp = if stream_addrs.is_empty() && tls.is_none() {
             None
         } else {
-            Some(TcpPool::bind(&stream_addrs, max_message_size, tcp_idle, tls, ws).await?)
+            Some(TcpPool::bind(&stream_addrs, max_message_size, limits, tls, ws).await?)
         };
         Ok(Transports { inner: Arc::new(TransportsInner { udp, tcp, capture: None }) })
     }

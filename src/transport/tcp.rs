@@ -1,10 +1,13 @@
 //! Stream connections, TCP and TLS alike: listeners, accepted and outgoing connections, one reader and one writer
-//! task per connection, and Content-Length framing (RFC 3261 §18.3). Connections are reused per transport and
-//! remote address; a connection that sends a malformed or oversized frame is closed alone. Double-CRLF pings get a
-//! CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by `[tls] handshake_timeout`) before
-//! it is adopted: framing, idle timeout and connection ids are the same code for both. WebSocket connections
-//! (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by WebSocket (`ws.rs`); they are
-//! only accepted, never opened.
+//! task per connection, reading by Content-Length framing (`framing.rs`, RFC 3261 §18.3). Connections are reused
+//! per transport and remote address; a connection that sends a malformed or oversized frame is closed alone.
+//! Double-CRLF pings get a CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by
+//! `[tls] handshake_timeout`) before it is adopted: framing, idle timeout and connection ids are the same code for
+//! both. WebSocket connections (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by
+//! WebSocket (`ws.rs`); they are only accepted, never opened. Every accepted socket first takes a place under the
+//! connection caps (`limits.rs`) and is closed at once, before any handshake, when there is none; a TCP or TLS
+//! message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). Each close
+//! sipfront decides is counted by reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +21,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{frame_stream_message, is_oversize, Framed};
+use super::limits::{count_close, Admission, CloseReason, ConnCounts, StreamLimits};
 use super::tls::TlsContext;
 use super::ws::{self, WsSettings};
 use super::{ConnId, Inbound, Source, Target, Transport, TransportError, Verdict};
@@ -27,58 +32,6 @@ use crate::metrics as m;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages queued per connection before senders see it as congested.
 const WRITE_QUEUE: usize = 1024;
-
-/// What the front of a stream buffer holds.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Framed {
-    /// Not a whole message yet.
-    NeedMore,
-    /// `n` bytes of CRLF keep-alive; `ping` when it was a double CRLF that wants a pong.
-    KeepAlive { n: usize, ping: bool },
-    /// A whole message of this many bytes.
-    Message(usize),
-    /// The stream cannot be framed; the connection must be closed.
-    Invalid(&'static str),
-}
-
-/// Find the first message in a stream buffer.
-pub fn frame_stream_message(buf: &[u8], max: usize) -> Framed {
-    let lead = buf.iter().take_while(|c| matches!(c, b'\r' | b'\n')).count();
-    if lead > 0 {
-        let ping = buf[..lead].windows(4).any(|w| w == b"\r\n\r\n");
-        return Framed::KeepAlive { n: lead, ping };
-    }
-    let Some(hend) = memchr::memmem::find(buf, b"\r\n\r\n") else {
-        return if buf.len() > max { Framed::Invalid("header section too large") } else { Framed::NeedMore };
-    };
-    let head = &buf[..hend];
-    let mut length = None;
-    for line in head.split(|c| *c == b'\n').skip(1) {
-        let Some(colon) = line.iter().position(|c| *c == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = line[colon + 1..].trim_ascii();
-            match std::str::from_utf8(v).ok().and_then(|s| s.parse::<usize>().ok()) {
-                Some(n) => length = Some(n),
-                None => return Framed::Invalid("bad Content-Length"),
-            }
-        }
-    }
-    let Some(len) = length else {
-        return Framed::Invalid("missing Content-Length on a stream transport");
-    };
-    let total = hend + 4 + len;
-    if total > max {
-        return Framed::Invalid("message too large");
-    }
-    if buf.len() < total {
-        Framed::NeedMore
-    } else {
-        Framed::Message(total)
-    }
-}
 
 struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
@@ -105,7 +58,8 @@ struct PoolInner {
     by_addr: DashMap<(Transport, SocketAddr), ConnId>,
     next_id: AtomicU64,
     max_message: usize,
-    idle: Duration,
+    /// The caps, timeouts and the accepted connections held under them.
+    counts: Arc<ConnCounts>,
     /// Certificates and client config; `None` when the node has neither TLS listeners nor TLS backends.
     tls: Option<Arc<TlsContext>>,
     /// `[websocket]`: Origins and frame size for `ws:`/`wss:` listeners.
@@ -140,7 +94,7 @@ impl TcpPool {
     pub async fn bind(
         addrs: &[(Transport, SocketAddr)],
         max_message: usize,
-        idle: Duration,
+        limits: StreamLimits,
         tls: Option<Arc<TlsContext>>,
         ws: WsSettings,
     ) -> Result<TcpPool, TransportError> {
@@ -162,7 +116,7 @@ impl TcpPool {
                 by_addr: DashMap::new(),
                 next_id: AtomicU64::new(first_conn_id()),
                 max_message,
-                idle,
+                counts: ConnCounts::new(limits),
                 tls,
                 ws,
                 inbound: OnceLock::new(),
@@ -200,12 +154,14 @@ impl TcpPool {
                     };
                     match r {
                         Ok((stream, remote)) => {
+                            // Over a cap: dropped (closed) before any handshake; counted and logged by `admit`.
+                            let Ok(place) = pool.inner.counts.admit(remote, transport) else { continue };
                             let _ = stream.set_nodelay(true);
                             match transport {
-                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport),
-                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws),
+                                Transport::Tls | Transport::Wss => pool.accept_tls(stream, remote, transport, place),
+                                Transport::Ws => pool.accept_ws(stream, remote, Transport::Ws, place),
                                 _ => {
-                                    pool.adopt(stream, remote, Transport::Tcp);
+                                    pool.adopt(stream, remote, Transport::Tcp, Some(place));
                                 }
                             }
                         }
@@ -223,28 +179,33 @@ impl TcpPool {
     /// Shake hands with a client of a `tls:` or `wss:` listener in a task of its own (a slow client delays no
     /// one), then adopt the connection (`wss:`: after the WebSocket upgrade). The certificate is the one current
     /// at this accept.
-    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport) {
+    fn accept_tls(&self, stream: TcpStream, remote: SocketAddr, transport: Transport, place: Admission) {
         let Some(ctx) = self.inner.tls.clone() else { return };
         let Some(server) = ctx.server.as_ref().map(|s| s.current()) else { return };
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         let pool = self.clone();
         tokio::spawn(async move {
-            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream);
+            // Fallible and pinned here: on a failure or timeout the socket is still ours, so the close is counted
+            // before the client can see it.
+            let accept = tokio_rustls::TlsAcceptor::from(server).accept(stream).into_fallible();
+            tokio::pin!(accept);
             let r = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = tokio::time::timeout(ctx.handshake_timeout, accept) => r,
+                r = tokio::time::timeout(ctx.handshake_timeout, &mut accept) => r,
             };
             match r {
-                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss),
+                Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss, place),
                 Ok(Ok(tls)) => {
-                    pool.adopt(tls, remote, Transport::Tls);
+                    pool.adopt(tls, remote, Transport::Tls, Some(place));
                 }
-                Ok(Err(e)) => {
+                Ok(Err((e, _socket))) => {
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    count_close(transport, CloseReason::HandshakeFailed);
                     tracing::info!(%remote, error = %e, "tls handshake failed");
                 }
                 Err(_) => {
                     metrics::counter!(m::TLS_HANDSHAKE_FAILURES, "side" => "client").increment(1);
+                    count_close(transport, CloseReason::HandshakeTimeout);
                     tracing::info!(%remote, "tls handshake timed out");
                 }
             }
@@ -253,19 +214,21 @@ impl TcpPool {
 
     /// Upgrade a `ws:` stream (or a `wss:` one after TLS) to WebSocket in a task of its own, bounded by the
     /// handshake timeout, then register it and run its frame loop.
-    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) {
+    fn accept_ws<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport, place: Admission) {
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
-            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote);
+            let _place = place;
+            let upgrade = ws::accept(stream, &pool.inner.ws, pool.inner.max_message, remote, transport);
             let socket = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 s = upgrade => match s { Some(s) => s, None => return },
             };
             let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
             let (id, rx) = pool.register(remote, transport);
-            let conn =
-                ws::Conn { id, source: Source { transport, remote, conn: Some(id) }, idle: pool.inner.idle, inbound };
+            let idle = pool.inner.counts.limits().idle;
+            let source = Source { transport, remote, conn: Some(id) };
+            let conn = ws::Conn { id, source, idle, ping_interval: pool.inner.ws.ping_interval, inbound };
             ws::serve(socket, rx, conn, shutdown.child_token()).await;
             pool.forget(id, remote, transport);
         });
@@ -281,16 +244,26 @@ impl TcpPool {
         (id, rx)
     }
 
-    /// Register a connected stream and start its reader and writer.
-    fn adopt<S: Stream>(&self, stream: S, remote: SocketAddr, transport: Transport) -> ConnId {
+    /// Register a connected stream and start its reader and writer. `place` is its place under the caps (an
+    /// accepted connection; none for one we opened), given back when the connection ends.
+    fn adopt<S: Stream>(
+        &self,
+        stream: S,
+        remote: SocketAddr,
+        transport: Transport,
+        place: Option<Admission>,
+    ) -> ConnId {
         let (id, rx) = self.register(remote, transport);
         let (rd, wr) = tokio::io::split(stream);
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
         tokio::spawn(async move {
+            let _place = place;
             let cancel = shutdown.child_token();
             let writer = tokio::spawn(write_loop(wr, rx, cancel.clone()));
-            pool.read_loop(rd, id, remote, transport, cancel.clone()).await;
+            if let Some(reason) = pool.read_loop(rd, id, remote, transport, cancel.clone()).await {
+                count_close(transport, reason);
+            }
             cancel.cancel();
             let _ = writer.await;
             pool.forget(id, remote, transport);
@@ -305,6 +278,7 @@ impl TcpPool {
         tracing::debug!(conn = id, %remote, %transport, "connection closed");
     }
 
+    /// Read and frame messages into `inbound` until the stream ends; why sipfront closed it, when it did.
     async fn read_loop<R: AsyncRead + Unpin>(
         &self,
         mut rd: R,
@@ -312,11 +286,12 @@ impl TcpPool {
         remote: SocketAddr,
         transport: Transport,
         cancel: CancellationToken,
-    ) {
-        let Some(inbound) = self.inner.inbound.get().cloned() else {
-            return;
-        };
+    ) -> Option<CloseReason> {
+        let inbound = self.inner.inbound.get().cloned()?;
+        let StreamLimits { idle, message_timeout, .. } = *self.inner.counts.limits();
         let mut buf = BytesMut::with_capacity(8192);
+        // When the message now partly in `buf` must be complete (slowloris guard); trickled bytes do not move it.
+        let mut message_deadline: Option<tokio::time::Instant> = None;
         loop {
             // Drain every whole message already buffered.
             loop {
@@ -329,35 +304,49 @@ impl TcpPool {
                         }
                     }
                     Framed::Message(n) => {
+                        message_deadline = None;
                         let msg = buf.split_to(n).freeze();
                         let src = Source { transport, remote, conn: Some(id) };
                         if inbound.on_message(msg, src) == Verdict::Garbage {
                             tracing::info!(conn = id, %remote, %transport, "closing connection after an unparseable message");
-                            return;
+                            return Some(CloseReason::Malformed);
                         }
                     }
                     Framed::Invalid(reason) => {
                         metrics::counter!(m::MALFORMED_DROPPED, "reason" => reason).increment(1);
                         tracing::info!(conn = id, %remote, %transport, reason, "closing connection");
-                        return;
+                        return Some(if is_oversize(reason) { CloseReason::TooLarge } else { CloseReason::Malformed });
                     }
                 }
             }
+            let now = tokio::time::Instant::now();
+            if buf.is_empty() {
+                message_deadline = None;
+            } else if message_deadline.is_none() {
+                message_deadline = Some(now + message_timeout);
+            }
+            let idle_deadline = now + idle;
+            let deadline = message_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8192);
             }
             let r = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(self.inner.idle, rd.read_buf(&mut buf)) => r,
+                _ = cancel.cancelled() => return None,
+                r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => r,
             };
             match r {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => {
                     metrics::counter!(m::TRANSPORT_RX_BYTES, "transport" => transport.as_lower()).increment(n as u64);
                 }
+                Err(_) if message_deadline == Some(deadline) => {
+                    tracing::info!(conn = id, %remote, %transport, ?message_timeout, buffered = buf.len(),
+                        "closing connection: a message did not complete in time");
+                    return Some(CloseReason::SlowMessage);
+                }
                 Err(_) => {
                     tracing::debug!(conn = id, %remote, %transport, "closing idle connection");
-                    return;
+                    return Some(CloseReason::Idle);
                 }
             }
         }
@@ -399,8 +388,10 @@ impl TcpPool {
         };
         let _ = stream.set_nodelay(true);
         let id = match target.transport {
-            Transport::Tls => self.adopt(self.connect_tls(stream, target.addr).await?, target.addr, Transport::Tls),
-            _ => self.adopt(stream, target.addr, Transport::Tcp),
+            Transport::Tls => {
+                self.adopt(self.connect_tls(stream, target.addr).await?, target.addr, Transport::Tls, None)
+            }
+            _ => self.adopt(stream, target.addr, Transport::Tcp, None),
         };
         let tx = self.inner.conns.get(&id).map(|h| h.tx.clone()).ok_or(TransportError::Closed(target.addr))?;
         tx.send(data).await.map_err(|_| TransportError::Closed(target.addr))
@@ -462,24 +453,4 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Byt
         }
     }
     let _ = wr.shutdown().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn framing() {
-        let max = 65_535;
-        assert_eq!(frame_stream_message(b"\r\n\r\n", max), Framed::KeepAlive { n: 4, ping: true });
-        assert_eq!(frame_stream_message(b"\r\n", max), Framed::KeepAlive { n: 2, ping: false });
-        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 0\r\n", max), Framed::NeedMore);
-        let m = b"OPTIONS sip:x SIP/2.0\r\nContent-Length : 3\r\n\r\nabcNEXT";
-        assert_eq!(frame_stream_message(m, max), Framed::Message(m.len() - 4));
-        assert_eq!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nl: 5\r\n\r\nab", max), Framed::NeedMore);
-        assert!(matches!(frame_stream_message(b"OPTIONS sip:x SIP/2.0\r\nVia: x\r\n\r\n", max), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(b"A\r\nl: x\r\n\r\n", max), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(b"A\r\nl: 100\r\n\r\n", 50), Framed::Invalid(_)));
-        assert!(matches!(frame_stream_message(&[b'a'; 100], 50), Framed::Invalid(_)));
-    }
 }

@@ -3,6 +3,10 @@
 //! message into one frame. The TCP pool (`tcp.rs`) owns the listeners, the TLS of `wss:`, connection ids and
 //! reuse; this module only speaks WebSocket on a stream it is handed. We never open WebSocket connections: a WS
 //! client is reachable only over the connection it opened.
+//!
+//! Every `websocket.ping_interval` we send a Ping; a peer from which no frame at all arrived by the next tick
+//! (a dead browser, a NAT binding gone) is closed (`ping_timeout`). The same bounds a client that trickles a
+//! frame slowly, which `sip.message_timeout` cannot see inside tungstenite.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +21,8 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnId, Inbound, Source, Verdict};
+use super::limits::{count_close, CloseReason};
+use super::{ConnId, Inbound, Source, Transport, Verdict};
 use crate::metrics as m;
 
 /// What the WebSocket side needs from the config (`[websocket]`).
@@ -30,11 +35,18 @@ pub struct WsSettings {
     pub max_frame_size: usize,
     /// The HTTP upgrade (after TLS on `wss:`) must be done this long after it starts (`[tls] handshake_timeout`).
     pub handshake_timeout: Duration,
+    /// Send a Ping this often, and close a connection that sent no frame between two pings; `None`: never.
+    pub ping_interval: Option<Duration>,
 }
 
 impl Default for WsSettings {
     fn default() -> Self {
-        WsSettings { allowed_origins: Vec::new(), max_frame_size: 65_535, handshake_timeout: Duration::from_secs(5) }
+        WsSettings {
+            allowed_origins: Vec::new(),
+            max_frame_size: 65_535,
+            handshake_timeout: Duration::from_secs(5),
+            ping_interval: Some(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -82,12 +94,14 @@ fn check_upgrade(
 }
 
 /// The HTTP upgrade on an accepted (and for `wss:`, TLS-wrapped) stream, bounded by the handshake timeout.
-/// `None` when it failed or was refused (already logged and counted).
+/// `None` when it failed or was refused: logged, and counted (`sipfront_ws_refused_total` and the close) before
+/// the socket is dropped.
 pub(super) async fn accept<S>(
     stream: S,
     settings: &WsSettings,
     max_message: usize,
     remote: SocketAddr,
+    transport: Transport,
 ) -> Option<WebSocketStream<S>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -97,7 +111,9 @@ where
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| check_upgrade(settings, remote, req, resp);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
-    match tokio::time::timeout(settings.handshake_timeout, upgrade).await {
+    // Pinned here so that on a timeout the socket lives until the close is counted.
+    tokio::pin!(upgrade);
+    match tokio::time::timeout(settings.handshake_timeout, &mut upgrade).await {
         Ok(Ok(ws)) => Some(ws),
         Ok(Err(e)) => {
             // A refusal was counted by its own reason; this counts the rest (not HTTP, bad key, reset).
@@ -105,11 +121,13 @@ where
                 metrics::counter!(m::WS_REFUSED, "reason" => "handshake").increment(1);
             }
             tracing::debug!(%remote, error = %e, "websocket upgrade failed");
+            count_close(transport, CloseReason::HandshakeFailed);
             None
         }
         Err(_) => {
             metrics::counter!(m::WS_REFUSED, "reason" => "timeout").increment(1);
             tracing::info!(%remote, "websocket upgrade timed out");
+            count_close(transport, CloseReason::HandshakeTimeout);
             None
         }
     }
@@ -120,12 +138,15 @@ pub(super) struct Conn {
     pub id: ConnId,
     pub source: Source,
     pub idle: Duration,
+    /// `websocket.ping_interval`; `None`: no pings.
+    pub ping_interval: Option<Duration>,
     pub inbound: std::sync::Arc<dyn Inbound>,
 }
 
 /// Read frames into `inbound` and write queued messages as frames until either side closes, the connection is
-/// idle for `idle`, a frame cannot be parsed as SIP, or `cancel`. One task does both directions: tungstenite
-/// answers pings and closes as part of reading, and its replies go out with the next write or read.
+/// idle for `idle`, the peer misses a ping, a frame cannot be parsed as SIP, or `cancel`. One task does both
+/// directions: tungstenite answers pings and closes as part of reading, and its replies go out with the next write
+/// or read. A close sipfront decides is counted before the peer can see it.
 pub(super) async fn serve<S>(
     mut ws: WebSocketStream<S>,
     mut outgoing: mpsc::Receiver<Bytes>,
@@ -134,11 +155,34 @@ pub(super) async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Conn { id, source, idle, inbound } = conn;
+    let Conn { id, source, idle, ping_interval, inbound } = conn;
     let transport = source.transport;
+    // Ticks every ping interval; never when pings are off.
+    let mut pings = ping_interval.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A tick late behind a slow send must not count as a second missed ping at once.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    // Whether a ping is out and no frame of any kind came since it was sent.
+    let mut ping_unanswered = false;
+    // Idle counts from the last frame the peer sent: our own pings and messages do not keep it open.
+    let mut idle_until = tokio::time::Instant::now() + idle;
+    let mut closed_by_us = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = next_tick(&mut pings) => {
+                if ping_unanswered {
+                    tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket: no answer to our ping");
+                    closed_by_us = Some(CloseReason::PingTimeout);
+                    break;
+                }
+                if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                    break;
+                }
+                ping_unanswered = true;
+            }
             out = outgoing.recv() => {
                 let Some(data) = out else { break };
                 // SIP is text; a body that is not UTF-8 makes the whole message a binary frame (RFC 7118 §5).
@@ -151,12 +195,15 @@ pub(super) async fn serve<S>(
                     break;
                 }
             }
-            r = tokio::time::timeout(idle, ws.next()) => {
+            r = tokio::time::timeout_at(idle_until, ws.next()) => {
                 let msg = match r {
                     Ok(Some(Ok(msg))) => msg,
                     Ok(Some(Err(e))) => {
                         if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                             metrics::counter!(m::MALFORMED_DROPPED, "reason" => "ws_too_large").increment(1);
+                            closed_by_us = Some(CloseReason::TooLarge);
+                        } else if matches!(e, tokio_tungstenite::tungstenite::Error::Protocol(_)) {
+                            closed_by_us = Some(CloseReason::Malformed);
                         }
                         tracing::info!(conn = id, remote = %source.remote, %transport, error = %e, "closing websocket");
                         break;
@@ -164,9 +211,12 @@ pub(super) async fn serve<S>(
                     Ok(None) => break,
                     Err(_) => {
                         tracing::debug!(conn = id, remote = %source.remote, %transport, "closing idle websocket");
+                        closed_by_us = Some(CloseReason::Idle);
                         break;
                     }
                 };
+                ping_unanswered = false;
+                idle_until = tokio::time::Instant::now() + idle;
                 let data: Bytes = match msg {
                     Message::Text(t) => t.into(),
                     Message::Binary(b) => b,
@@ -181,12 +231,27 @@ pub(super) async fn serve<S>(
                 }
                 if inbound.on_message(data, source) == Verdict::Garbage {
                     tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket after an unparseable message");
+                    closed_by_us = Some(CloseReason::Malformed);
                     break;
                 }
             }
         }
     }
-    let _ = ws.close(None).await;
+    if let Some(reason) = closed_by_us {
+        count_close(transport, reason);
+    }
+    // A dead peer may never read our Close (and a full send buffer would hold it): bounded, then dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+}
+
+/// The next ping tick; never when pings are off.
+async fn next_tick(pings: &mut Option<tokio::time::Interval>) {
+    match pings {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
