@@ -127,3 +127,28 @@ pub fn describe() {
     describe_counter!(ADMIN_UNAUTHORIZED, "Admin API requests refused for a missing or wrong bearer token");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every series the shipped Grafana dashboard queries is one sipfront exports (a renamed metric would leave a
+    /// panel silently empty).
+    #[test]
+    fn the_grafana_dashboard_queries_only_metrics_we_export() {
+        let source = include_str!("metrics.rs");
+        let dashboard = include_str!("../config/grafana-sipfront.json");
+        let mut checked = 0;
+        for (at, _) in dashboard.match_indices("sipfront_") {
+            let name: String = dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            let base = ["_bucket", "_sum", "_count"].iter().fold(name.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+            assert!(
+                source.contains(&format!("\"{base}\"")),
+                "the dashboard queries {name}, which sipfront does not export"
+            );
+            checked += 1;
+        }
+        assert!(checked > 30, "only {checked} queries found");
+    }
+}
