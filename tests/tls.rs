@@ -247,15 +247,7 @@ async fn the_pbx_reaches_a_phone_registered_over_tls_through_its_connection() {
     let rr = values(&inv, HeaderName::RecordRoute);
     assert!(rr.iter().any(|r| r.contains(";transport=tls;")), "the phone-facing entry says TLS: {rr:?}");
     phone.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
-    loop {
-        let (m, _) = recv_udp(&pbx).await;
-        if m.status().is_some_and(|s| s >= 200) {
-            assert_eq!(m.status(), Some(486), "the answer came back over the phone's connection");
-            let ack = invite.replacen("INVITE sip:", "ACK sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
-            pbx.send_to(ack.as_bytes(), n.udp).await.unwrap();
-            break;
-        }
-    }
+    pbx_acks_final(&pbx, n.udp, &invite, 486).await;
     // No graceful shutdown: it would wait out timer I (T4 on the UDP leg) of the ACKed INVITE.
 }
 

@@ -156,15 +156,7 @@ async fn pbx_calls_the_client<S: AsyncRead + AsyncWrite + Unpin>(
     let rr = values(&inv, HeaderName::RecordRoute);
     assert!(rr.iter().any(|r| r.contains(&format!(";transport={lower};"))), "the client-facing entry: {rr:?}");
     peer.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
-    loop {
-        let (m, _) = recv_udp(pbx).await;
-        if m.status().is_some_and(|s| s >= 200) {
-            assert_eq!(m.status(), Some(486), "the answer came back over the client's connection");
-            let ack = invite.replacen("INVITE sip:", "ACK sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
-            pbx.send_to(ack.as_bytes(), n.udp).await.unwrap();
-            break;
-        }
-    }
+    pbx_acks_final(pbx, n.udp, &invite, 486).await;
 }
 
 #[tokio::test]

@@ -124,17 +124,10 @@ pub(crate) async fn run(mut ctx: Ctx) {
 fn bind_registration(ctx: &Ctx, ok: &crate::sip::Message) {
     let Some(token) = &ctx.plan.path_token else { return };
     let ttl = crate::registration::granted_expiry(&ctx.req, ok);
-    let aor = ctx
-        .req
-        .header(crate::sip::HeaderName::To)
-        .and_then(crate::sip::parse_name_addr)
-        .map(|na| Bytes::copy_from_slice(na.uri))
-        .unwrap_or_default();
-    let contact = ctx
-        .req
-        .header(crate::sip::HeaderName::Contact)
-        .and_then(crate::sip::parse_name_addr)
-        .map(|na| Bytes::copy_from_slice(na.uri))
-        .unwrap_or_default();
+    let uri_of = |h| {
+        let na = ctx.req.header(h).and_then(crate::sip::parse_name_addr);
+        na.map(|na| Bytes::copy_from_slice(na.uri)).unwrap_or_default()
+    };
+    let (aor, contact) = (uri_of(crate::sip::HeaderName::To), uri_of(crate::sip::HeaderName::Contact));
     ctx.proxy.flows.bind(token.clone(), ctx.src.into(), aor, contact, ttl);
 }

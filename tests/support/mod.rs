@@ -84,3 +84,17 @@ pub async fn recv_tcp(s: &mut TcpStream, buf: &mut Vec<u8>) -> Message {
 pub async fn udp_socket() -> UdpSocket {
     UdpSocket::bind("127.0.0.1:0").await.unwrap()
 }
+
+/// At a raw-socket PBX that sent `invite` to `front`: wait for the final response (it must be `want`, having come
+/// back from the phone), and ACK it hop by hop as a non-2xx.
+pub async fn pbx_acks_final(pbx: &UdpSocket, front: SocketAddr, invite: &str, want: u16) {
+    loop {
+        let (m, _) = recv_udp(pbx).await;
+        if m.status().is_some_and(|s| s >= 200) {
+            assert_eq!(m.status(), Some(want), "the phone's answer came back over its connection");
+            let ack = invite.replacen("INVITE sip:", "ACK sip:", 1).replace("CSeq: 1 INVITE", "CSeq: 1 ACK");
+            pbx.send_to(ack.as_bytes(), front).await.unwrap();
+            return;
+        }
+    }
+}
