@@ -83,8 +83,14 @@ impl Link {
         let reader = sock.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
-            while let Ok(n) = reader.recv(&mut buf).await {
-                inbound.dispatch(Bytes::copy_from_slice(&buf[..n]));
+            loop {
+                match reader.recv(&mut buf).await {
+                    Ok(n) => inbound.dispatch(Bytes::copy_from_slice(&buf[..n])),
+                    // A connected socket reports an ICMP "port unreachable" here, once per datagram that drew
+                    // one: the proxy is down for a moment, the calls time out or retransmit; keep reading. The
+                    // pause keeps an error that repeats from becoming a busy loop.
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                }
             }
         });
         // Connected: the kernel picked the source address, which Via and Contact then name.
