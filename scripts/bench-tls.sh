@@ -107,8 +107,11 @@ tcp_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 wait_for() {  # $1 = udp|tcp, $2 = port
   local i; for i in $(seq 1 100); do "${1}_busy" "$2" && return 0; sleep 0.1; done; return 1
 }
-for p in 5060 5070 5080; do udp_busy $p && { echo "UDP port $p busy (not ours)" >&2; exit 1; }; done
-for p in 5061 5071; do tcp_busy $p && { echo "TCP port $p busy (not ours)" >&2; exit 1; }; done
+port_free() {  # $1 = udp|tcp, $2 = port; waits up to 10 s (a previous run's proxy may still be exiting)
+  local i; for i in $(seq 1 100); do "${1}_busy" "$2" || return 0; sleep 0.1; done; return 1
+}
+for p in 5060 5070 5080; do port_free udp $p || { echo "UDP port $p busy (not ours)" >&2; exit 1; }; done
+for p in 5061 5071; do port_free tcp $p || { echo "TCP port $p busy (not ours)" >&2; exit 1; }; done
 
 # ------------------------------------------------------------ certificate, configs
 "$SIPLOAD_BIN" gen-cert "$OUT/pki" 2>/dev/null || { echo "gen-cert failed" >&2; exit 1; }
