@@ -214,9 +214,10 @@ run_step() {  # $1 = peer name, $2 = pid, $3 = transport, $4 = port, $5 = rate
   wait "$upid"; local rc=$?
   wait "$wpid" "$gpid"
   read -r rss pss < <(tree_mem_kb "$pid")
-  python3 - "$sd" "$peer" "$tr" "$rate" "$rc" "$rss" "$pss" >> "$OUT/rows.jsonl" <<'EOF'
+  local alive=1; kill -0 "$pid" 2>/dev/null || alive=0
+  python3 - "$sd" "$peer" "$tr" "$rate" "$rc" "$rss" "$pss" "$alive" >> "$OUT/rows.jsonl" <<'EOF'
 import json, sys
-sd, peer, tr, rate, rc, rss, pss = sys.argv[1:]
+sd, peer, tr, rate, rc, rss, pss, alive = sys.argv[1:]
 rate = int(rate)
 try:
     u = json.loads(open(f"{sd}/uac.json").read().strip().splitlines()[-1])
@@ -233,7 +234,10 @@ clean = (int(rc) == 0 and u["succeeded"] == u["attempted"] and u["failed"] == 0 
 row = {"peer": peer, "transport": tr, "rate": rate, "ok": u["succeeded"], "failed": u["failed"] + u["timed_out"],
        "achieved_cps": u["achieved_cps"], "p50_ms": u["setup_p50_ms"], "p99_ms": u["setup_p99_ms"],
        "retr": u["retransmissions"], "cpu": num(f"{sd}/cpu"), "gen_cpu": num(f"{sd}/uac.cpu"),
-       "rss_mb": round(int(rss) / 1024, 1), "pss_mb": round(int(pss) / 1024, 1), "clean": clean}
+       "rss_mb": round(int(rss) / 1024, 1), "pss_mb": round(int(pss) / 1024, 1), "clean": clean,
+       "died": alive != "1"}
+if row["died"]:                     # its workers' ticks went with it: no CPU figure
+    row["cpu"] = None
 print(json.dumps(row))
 EOF
   local row; row=$(tail -1 "$OUT/rows.jsonl")
@@ -267,7 +271,7 @@ by = {(r["rate"], r["transport"], r["peer"]): r for r in rows}
 def cell(r):
     if r is None:
         return "", "", ""
-    verdict = f'{r["ok"]}/{r["failed"]}' + ("" if r["clean"] else " ✗")
+    verdict = f'{r["ok"]}/{r["failed"]}' + ("" if r["clean"] else " ✗") + (" (died)" if r.get("died") else "")
     return verdict, f'{r["cpu"]:.1f}' if r["cpu"] is not None else "?", r
 print("| calls/s | transport | ok/failed sipfront | ok/failed kamailio | CPU % sipfront | CPU % kamailio | ratio | "
       "p50/p99 ms sipfront | p50/p99 ms kamailio | PSS MB sipfront | PSS MB kamailio |")
