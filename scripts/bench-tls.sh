@@ -65,7 +65,9 @@ TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 SIPFRONT_BIN=${SIPFRONT_BIN:-$TARGET/release/sipfront}
 SIPLOAD_BIN=${SIPLOAD_BIN:-$TARGET/release/examples/sipload}
 if [ "$BUILD" = 1 ]; then
-  cargo build --release --no-default-features --bin sipfront --example sipload || exit 1
+  # Two builds: one together would unify the example's dev-dependency features (tokio test-util) into sipfront.
+  cargo build --release --no-default-features --bin sipfront || exit 1
+  cargo build --release --no-default-features --example sipload || exit 1
 fi
 for b in "$SIPFRONT_BIN" "$SIPLOAD_BIN"; do
   [ -x "$b" ] || { echo "missing $b (run with --build)" >&2; exit 2; }
