@@ -25,7 +25,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::ClientConfig;
 
 use netns::config::quoted;
 use netns::nsenter::{in_ns, udp_socket_in};
@@ -54,9 +54,16 @@ fn make_pki(lab: &Lab) -> Arc<ClientConfig> {
     let cert = params.signed_by(&key, &ca).unwrap();
     std::fs::write(lab.dir.join("vip.crt"), cert.pem()).unwrap();
     std::fs::write(lab.dir.join("vip.key"), key.serialize_pem()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
-    Arc::new(ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+    std::fs::write(lab.dir.join("ca.pem"), ca.pem()).unwrap();
+    // sipfront's own client side (ring): the CA file, certificates verified.
+    let settings = sipfront::transport::TlsSettings {
+        cert_file: None,
+        key_file: None,
+        ca_file: Some(lab.dir.join("ca.pem")),
+        verify_backends: true,
+        handshake_timeout: STEP,
+    };
+    sipfront::transport::tls::load_client_config(&settings).expect("client config")
 }
 
 /// What the PBX saw and did, for the checks at the end.
