@@ -1,8 +1,7 @@
 //! SIP over TLS, in process and against the real binary, with the helpers of `support/tls.rs` (a test CA, a
 //! TLS SIP client) and a raw-socket UDP PBX: calls both ways, a phone registered over TLS, TLS backends verified or
-//! not, calls that follow a phone reconnecting (with and without registering again), the handshake timeout, config
-//! refusals naming the key, and a SIGHUP certificate reload that leaves an open connection alone. Every wait has a
-//! deadline.
+//! not, the handshake timeout, config refusals naming the key, and a SIGHUP certificate reload that leaves an open
+//! connection alone (phones whose connection is gone: `tls_reconnect.rs`). Every wait has a deadline.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,107 +12,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use sipfront::config::Config;
-use sipfront::sip::{HeaderName, Message, ResponseBuilder};
+use sipfront::sip::{HeaderName, ResponseBuilder};
 
 mod support;
 
 use support::tls::*;
 use support::*;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn values(m: &Message, h: HeaderName) -> Vec<String> {
-    m.header_values(h).map(text).collect()
-}
-
-/// An in-dialog request from a route set (already in the order to send) with a Via of `via_transport`.
-fn in_dialog(method: &str, ruri: &str, routes: &[String], via: SocketAddr, tp: &str, call: &str, cseq: u32) -> Vec<u8> {
-    let mut s =
-        format!("{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{call}{method}{cseq};rport\r\n");
-    for r in routes {
-        s.push_str(&format!("Route: {r}\r\n"));
-    }
-    s.push_str(&format!(
-        "From: <sip:a@{via}>;tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx\r\nCall-ID: {call}@test\r\n\
-         CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ));
-    s.into_bytes()
-}
-
-/// A TLS client calls through sipfront to a UDP PBX; returns the peer, the PBX socket, and the Record-Route the
-/// PBX saw (top first) after INVITE/200/ACK.
-async fn call_from_tls_client(
-    pki: &Pki,
-    n: &TlsNode,
-    pbx: &tokio::net::UdpSocket,
-    call: &str,
-) -> (TlsClient, Vec<String>) {
-    let mut phone = connect_tls(pki, n.tls).await;
-    let me = phone.local;
-    let invite = format!(
-        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bK{call}inv;rport\r\n\
-         From: <sip:a@{me}>;tag=fa\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: {call}@test\r\nCSeq: 1 INVITE\r\n\
-         Contact: <sip:a@{me};transport=tls>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    );
-    phone.send(invite.as_bytes()).await;
-    let (inv, from) = recv_udp(pbx).await;
-    assert_eq!(inv.method_bytes(), b"INVITE");
-    let vias = values(&inv, HeaderName::Via);
-    assert!(vias[0].starts_with(&format!("SIP/2.0/UDP 127.0.0.1:{};", n.udp.port())), "{vias:?}");
-    assert!(vias[1].starts_with(&format!("SIP/2.0/TLS {me};")), "the client's Via is kept: {vias:?}");
-    let rr = values(&inv, HeaderName::RecordRoute);
-    assert_eq!(rr.len(), 2, "transport changes: double Record-Route {rr:?}");
-    assert!(rr[0].starts_with(&format!("<sip:127.0.0.1:{};d=", n.udp.port())), "{rr:?}");
-    assert!(rr[1].starts_with(&format!("<sip:127.0.0.1:{};transport=tls;ft=", n.tls.port())), "{rr:?}");
-    let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
-    let contact = format!("<sip:bob@{}>", pbx.local_addr().unwrap());
-    let mut ok = ResponseBuilder::new(&inv, 200, "OK").to_tag(b"pbx").header("Contact", contact.as_bytes());
-    for r in &rr_refs {
-        ok = ok.header("Record-Route", r);
-    }
-    pbx.send_to(&ok.build(), from).await.unwrap();
-    let ok = phone.recv_final().await;
-    assert_eq!(ok.status(), Some(200));
-    assert_eq!(values(&ok, HeaderName::Via).len(), 1, "our Via is gone");
-    assert_eq!(values(&ok, HeaderName::RecordRoute), rr, "the client sees both entries");
-    // The client's route set is the Record-Route reversed: the TLS-facing entry first.
-    let routes: Vec<String> = rr.iter().rev().cloned().collect();
-    let pbx_uri = format!("sip:bob@{}", pbx.local_addr().unwrap());
-    phone.send(&in_dialog("ACK", &pbx_uri, &routes, me, "TLS", call, 1)).await;
-    let (ack, _) = recv_udp(pbx).await;
-    assert_eq!(ack.method_bytes(), b"ACK");
-    (phone, rr)
-}
-
-/// The PBX's BYE of a call made by `call_from_tls_client`: From and To the other way round, to the client's Contact
-/// through the Record-Route the PBX saw.
-fn bye_from_pbx(contact: &str, rr: &[String], pbx_addr: SocketAddr, call: &str, cseq: u32) -> String {
-    String::from_utf8(in_dialog("BYE", contact, rr, pbx_addr, "UDP", call, cseq))
-        .unwrap()
-        .replace("From: <sip:a@", "From: <sip:bob@")
-        .replace(";tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx", ";tag=pbx\r\nTo: <sip:a@127.0.0.1>;tag=fa")
-}
-
-/// The PBX sends `bye`; the phone must get it over its TLS connection from our TLS listener, and its 200 must
-/// reach the PBX.
-async fn pbx_hangs_up(pbx: &tokio::net::UdpSocket, n: &TlsNode, phone: &mut TlsClient, bye: &str) {
-    pbx.send_to(bye.as_bytes(), n.udp).await.unwrap();
-    let got = phone.recv().await;
-    assert_eq!(got.method_bytes(), b"BYE");
-    assert_eq!(got.call_id(), Message::parse(bytes::Bytes::from(bye.to_owned())).unwrap().call_id());
-    let vias = values(&got, HeaderName::Via);
-    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{};", n.tls.port())), "{vias:?}");
-    phone.send(&ResponseBuilder::new(&got, 200, "OK").build()).await;
-    loop {
-        let (m, _) = recv_udp(pbx).await;
-        if m.status() == Some(200) {
-            assert_eq!(m.cseq_method(), sipfront::sip::Method::Bye);
-            break;
-        }
-    }
-}
 
 #[tokio::test]
 async fn tls_client_calls_a_udp_pbx_and_hangs_up() {
@@ -146,66 +50,6 @@ async fn pbx_hangs_up_over_the_clients_tls_connection() {
     // one can connect to: only the connection named in the Record-Route reaches the client.
     let contact = format!("sip:a@{};transport=tls", phone.local);
     pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c2", 7)).await;
-    n.server.shutdown().await;
-}
-
-/// The connection id our phone-facing Record-Route entry names (`;ft=`).
-fn flow_conn(rr: &[String]) -> u64 {
-    let entry = rr.iter().find(|r| r.contains(";ft=")).expect("a phone-facing entry");
-    entry.split(";ft=").nth(1).unwrap().split([';', '>']).next().unwrap().parse().unwrap()
-}
-
-/// Until sipfront has seen a dropped connection close.
-async fn until_closed(n: &TlsNode, conn: u64) {
-    let deadline = Instant::now() + WAIT;
-    while n.server.proxy.transports.conn_alive(conn) {
-        assert!(Instant::now() < deadline, "connection {conn} still open");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Injected: the phone's TLS connection of an established call drops (a NAT rebinding, or a failover, where the
-/// new leader never had it). Call c3's phone reconnects and registers again: the PBX's BYE reaches it on the new
-/// connection. Call c4's phone reconnects without registering and sends an in-dialog request first: the PBX's BYE
-/// follows it. Nothing is lost: both calls end with BYE/200 end to end.
-#[tokio::test]
-async fn calls_follow_a_phone_that_reconnects() {
-    let pki = Pki::new("reconnect");
-    pki.leaf("front");
-    let pbx = udp_socket().await;
-    let pbx_addr = pbx.local_addr().unwrap();
-    let n = tls_node(&pki, &backend("p", "udp", pbx_addr, 1)).await;
-
-    let (old, rr) = call_from_tls_client(&pki, &n, &pbx, "c3").await;
-    let contact = format!("sip:a@{};transport=tls", old.local);
-    drop(old);
-    until_closed(&n, flow_conn(&rr)).await;
-    let mut phone = connect_tls(&pki, n.tls).await;
-    let me = phone.local;
-    let register = format!(
-        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bKrereg;rport\r\n\
-         From: <sip:a@127.0.0.1>;tag=r1\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: rereg@test\r\nCSeq: 1 REGISTER\r\n\
-         Contact: <sip:a@{me};transport=tls>;expires=300\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    );
-    phone.send(register.as_bytes()).await;
-    let (reg, from) = recv_udp(&pbx).await;
-    pbx.send_to(&ResponseBuilder::new(&reg, 200, "OK").to_tag(b"reg").build(), from).await.unwrap();
-    assert_eq!(phone.recv_final().await.status(), Some(200));
-    pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c3", 7)).await;
-
-    let (old, rr) = call_from_tls_client(&pki, &n, &pbx, "c4").await;
-    let contact = format!("sip:a@{};transport=tls", old.local);
-    drop(old);
-    until_closed(&n, flow_conn(&rr)).await;
-    let mut phone = connect_tls(&pki, n.tls).await;
-    let routes: Vec<String> = rr.iter().rev().cloned().collect();
-    let pbx_uri = format!("sip:bob@{pbx_addr}");
-    phone.send(&in_dialog("INFO", &pbx_uri, &routes, phone.local, "TLS", "c4", 2)).await;
-    let (info, from) = recv_udp(&pbx).await;
-    assert_eq!(info.method_bytes(), b"INFO");
-    pbx.send_to(&ResponseBuilder::new(&info, 200, "OK").build(), from).await.unwrap();
-    assert_eq!(phone.recv_final().await.status(), Some(200));
-    pbx_hangs_up(&pbx, &n, &mut phone, &bye_from_pbx(&contact, &rr, pbx_addr, "c4", 8)).await;
     n.server.shutdown().await;
 }
 

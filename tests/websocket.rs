@@ -9,21 +9,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::{self, Message as Frame};
 
-use sipfront::sip::{HeaderName, Message, ResponseBuilder};
+use sipfront::sip::{HeaderName, ResponseBuilder};
 
 mod support;
 
 use support::tls::Pki;
 use support::ws::*;
 use support::*;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn values(m: &Message, h: HeaderName) -> Vec<String> {
-    m.header_values(h).map(text).collect()
-}
 
 /// An in-dialog request from the WS client along a route set (already in the order to send).
 fn in_dialog(method: &str, ruri: &str, routes: &[String], host: &str, tp: &str, call: &str, cseq: u32) -> Vec<u8> {

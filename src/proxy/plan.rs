@@ -236,8 +236,8 @@ impl Proxy {
     }
 
     /// A request toward a phone: its recorded flow while it lives; for a connection-oriented phone whose
-    /// connection is gone (a failover, a NAT rebinding), the connection it registered anew; else the recorded
-    /// address, else the Request-URI.
+    /// connection is gone (a failover, a NAT rebinding), the connection it registered anew; else, for UDP, the
+    /// recorded address; else the Request-URI (the phone's Contact).
     fn phone_hop(
         &self,
         req: &Message,
@@ -258,7 +258,10 @@ impl Proxy {
                     return resolved(now_at);
                 }
             }
-            if c.conn.is_none() {
+            // A replicated UDP flow is the phone's NAT binding, reachable from the VIP. A replicated connection
+            // flow names a connection on another node (and travels as TCP even for TLS): the phone's Contact, on
+            // the transport it names, is the better guess until the phone reconnects.
+            if c.conn.is_none() && !c.transport.is_reliable() {
                 return resolved(c);
             }
         }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use sipfront::config::Config;
 use sipfront::server::Server;
-use sipfront::sip::Message;
+use sipfront::sip::{HeaderName, Message};
 use sipfront::transport::Transport;
 
 pub mod tls;
@@ -97,4 +97,12 @@ pub async fn pbx_acks_final(pbx: &UdpSocket, front: SocketAddr, invite: &str, wa
             return;
         }
     }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn values(m: &Message, h: HeaderName) -> Vec<String> {
+    m.header_values(h).map(text).collect()
 }

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 use sipfront::config::Config;
 use sipfront::server::Server;
-use sipfront::sip::Message;
+use sipfront::sip::{HeaderName, Message, ResponseBuilder};
 use sipfront::transport::Transport;
 
-use super::WAIT;
+use super::{recv_udp, values, WAIT};
 
 /// A client connection to sipfront's TLS listener.
 pub type TlsClient = TlsPeer<tokio_rustls::client::TlsStream<TcpStream>>;
@@ -162,6 +162,101 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsPeer<S> {
             if m.status().is_none_or(|s| s >= 200) {
                 return m;
             }
+        }
+    }
+}
+
+/// An in-dialog request from a route set (already in the order to send) with a Via of `via_transport`.
+pub fn in_dialog(
+    method: &str,
+    ruri: &str,
+    routes: &[String],
+    via: SocketAddr,
+    tp: &str,
+    call: &str,
+    cseq: u32,
+) -> Vec<u8> {
+    let mut s =
+        format!("{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/{tp} {via};branch=z9hG4bK{call}{method}{cseq};rport\r\n");
+    for r in routes {
+        s.push_str(&format!("Route: {r}\r\n"));
+    }
+    s.push_str(&format!(
+        "From: <sip:a@{via}>;tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx\r\nCall-ID: {call}@test\r\n\
+         CSeq: {cseq} {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ));
+    s.into_bytes()
+}
+
+/// A TLS client calls through sipfront to a UDP PBX; returns the peer, the PBX socket, and the Record-Route the
+/// PBX saw (top first) after INVITE/200/ACK.
+pub async fn call_from_tls_client(
+    pki: &Pki,
+    n: &TlsNode,
+    pbx: &tokio::net::UdpSocket,
+    call: &str,
+) -> (TlsClient, Vec<String>) {
+    let mut phone = connect_tls(pki, n.tls).await;
+    let me = phone.local;
+    let invite = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {me};branch=z9hG4bK{call}inv;rport\r\n\
+         From: <sip:a@{me}>;tag=fa\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: {call}@test\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:a@{me};transport=tls>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send(invite.as_bytes()).await;
+    let (inv, from) = recv_udp(pbx).await;
+    assert_eq!(inv.method_bytes(), b"INVITE");
+    let vias = values(&inv, HeaderName::Via);
+    assert!(vias[0].starts_with(&format!("SIP/2.0/UDP 127.0.0.1:{};", n.udp.port())), "{vias:?}");
+    assert!(vias[1].starts_with(&format!("SIP/2.0/TLS {me};")), "the client's Via is kept: {vias:?}");
+    let rr = values(&inv, HeaderName::RecordRoute);
+    assert_eq!(rr.len(), 2, "transport changes: double Record-Route {rr:?}");
+    assert!(rr[0].starts_with(&format!("<sip:127.0.0.1:{};d=", n.udp.port())), "{rr:?}");
+    assert!(rr[1].starts_with(&format!("<sip:127.0.0.1:{};transport=tls;ft=", n.tls.port())), "{rr:?}");
+    let rr_refs: Vec<&[u8]> = rr.iter().map(|s| s.as_bytes()).collect();
+    let contact = format!("<sip:bob@{}>", pbx.local_addr().unwrap());
+    let mut ok = ResponseBuilder::new(&inv, 200, "OK").to_tag(b"pbx").header("Contact", contact.as_bytes());
+    for r in &rr_refs {
+        ok = ok.header("Record-Route", r);
+    }
+    pbx.send_to(&ok.build(), from).await.unwrap();
+    let ok = phone.recv_final().await;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(values(&ok, HeaderName::Via).len(), 1, "our Via is gone");
+    assert_eq!(values(&ok, HeaderName::RecordRoute), rr, "the client sees both entries");
+    // The client's route set is the Record-Route reversed: the TLS-facing entry first.
+    let routes: Vec<String> = rr.iter().rev().cloned().collect();
+    let pbx_uri = format!("sip:bob@{}", pbx.local_addr().unwrap());
+    phone.send(&in_dialog("ACK", &pbx_uri, &routes, me, "TLS", call, 1)).await;
+    let (ack, _) = recv_udp(pbx).await;
+    assert_eq!(ack.method_bytes(), b"ACK");
+    (phone, rr)
+}
+
+/// The PBX's BYE of a call made by `call_from_tls_client`: From and To the other way round, to the client's Contact
+/// through the Record-Route the PBX saw.
+pub fn bye_from_pbx(contact: &str, rr: &[String], pbx_addr: SocketAddr, call: &str, cseq: u32) -> String {
+    String::from_utf8(in_dialog("BYE", contact, rr, pbx_addr, "UDP", call, cseq))
+        .unwrap()
+        .replace("From: <sip:a@", "From: <sip:bob@")
+        .replace(";tag=fa\r\nTo: <sip:bob@127.0.0.1>;tag=pbx", ";tag=pbx\r\nTo: <sip:a@127.0.0.1>;tag=fa")
+}
+
+/// The PBX sends `bye`; the phone must get it over its TLS connection from our TLS listener, and its 200 must
+/// reach the PBX.
+pub async fn pbx_hangs_up(pbx: &tokio::net::UdpSocket, n: &TlsNode, phone: &mut TlsClient, bye: &str) {
+    pbx.send_to(bye.as_bytes(), n.udp).await.unwrap();
+    let got = phone.recv().await;
+    assert_eq!(got.method_bytes(), b"BYE");
+    assert_eq!(got.call_id(), Message::parse(bytes::Bytes::from(bye.to_owned())).unwrap().call_id());
+    let vias = values(&got, HeaderName::Via);
+    assert!(vias[0].starts_with(&format!("SIP/2.0/TLS 127.0.0.1:{};", n.tls.port())), "{vias:?}");
+    phone.send(&ResponseBuilder::new(&got, 200, "OK").build()).await;
+    loop {
+        let (m, _) = recv_udp(pbx).await;
+        if m.status() == Some(200) {
+            assert_eq!(m.cseq_method(), sipfront::sip::Method::Bye);
+            break;
         }
     }
 }
