@@ -88,6 +88,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(cfg) => {
                 println!("{}", cfg.summary());
+                for w in cfg.warnings() {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -134,6 +137,15 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&cfg.log.level, cfg.log.format);
+            if config.is_none() {
+                tracing::info!(
+                    "no --config given: running the embedded default (config/single-node.toml: SIP on 127.0.0.1:5060, \
+                     one PBX at 127.0.0.1:5080)"
+                );
+            }
+            for warning in cfg.warnings() {
+                tracing::warn!("{warning}");
+            }
             // One thread: every message wakes at most one task, and a wake-up is a queue push, not a futex call
             // to another worker. Measured with ../shared/bench/run-bench.sh (2,000 calls/s): 14.0 % of a core on
             // the current-thread runtime against 19.4 % on the 2-worker one; the clean ceiling (8,000 calls/s,
@@ -230,9 +242,20 @@ fn init_tracing(level: &str, format: LogFormat) {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},openraft=warn")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     match format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init(),
+        // Logs go to stderr; colours only when that is a terminal, so a log file or journald gets plain text.
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         // One JSON object per line: timestamp, level, fields, message; for journald/Loki/Elastic shippers.
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }
 

@@ -53,6 +53,36 @@ pub const FAILOVER_EVENTS: &str = "sipfront_failover_events_total";
 pub const FAILOVER_DURATION: &str = "sipfront_failover_duration_seconds";
 pub const BACKEND_DRAINED: &str = "sipfront_backend_drained";
 pub const ADMIN_UNAUTHORIZED: &str = "sipfront_admin_unauthorized_total";
+pub const FINAL_RESPONSES: &str = "sipfront_final_responses_total";
+pub const NO_BACKEND: &str = "sipfront_no_backend_total";
+pub const LOOPS: &str = "sipfront_loops_detected_total";
+
+/// A final response's code as a metric label: the codes RFC 3261 §21 and its extensions name, else the class, so
+/// a peer sending odd codes cannot grow the series without bound.
+pub fn code_label(code: u16) -> &'static str {
+    macro_rules! codes {
+        ($($c:literal)*) => {
+            match code {
+                $($c => stringify!($c),)*
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                500..=599 => "5xx",
+                _ => "6xx",
+            }
+        };
+    }
+    codes!(200 202 204 300 301 302 305 380 400 401 402 403 404 405 406 407 408 410 412 413 414 415 416 417 420 421
+        422 423 428 429 430 433 436 437 438 439 470 480 481 482 483 484 485 486 487 488 489 491 493 494 500 501 502
+        503 504 505 513 580 600 603 604 606 607 608)
+}
+
+/// Count a final response sent upstream: `origin` is `local` (sipfront's own answer) or `relayed`.
+pub fn final_response(code: u16, origin: &'static str) {
+    if code >= 200 {
+        metrics::counter!(FINAL_RESPONSES, "code" => code_label(code), "origin" => origin).increment(1);
+    }
+}
 
 /// Describe every metric (call once, after a recorder is installed).
 pub fn describe() {
@@ -125,11 +155,25 @@ pub fn describe() {
     metrics::describe_histogram!(FAILOVER_DURATION, "How long a failover event took (VIP gap, switchover), by kind");
     describe_gauge!(BACKEND_DRAINED, "1 while a backend is drained (no new calls), by backend");
     describe_counter!(ADMIN_UNAUTHORIZED, "Admin API requests refused for a missing or wrong bearer token");
+    describe_counter!(
+        FINAL_RESPONSES,
+        "Final responses sent toward the requester, by code and origin (local: sipfront's own; relayed)"
+    );
+    describe_counter!(NO_BACKEND, "Requests answered 503 at once because no backend is up, by method");
+    describe_counter!(LOOPS, "Requests refused 482 because they came back to sipfront unchanged (a routing loop)");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn code_labels_are_bounded() {
+        assert_eq!(super::code_label(482), "482");
+        assert_eq!(super::code_label(299), "2xx");
+        assert_eq!(super::code_label(499), "4xx");
+        assert_eq!(super::code_label(999), "6xx");
+    }
+
     /// Every series the shipped Grafana dashboard queries is one sipfront exports (a renamed metric would leave a
     /// panel silently empty).
     #[test]

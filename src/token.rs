@@ -10,11 +10,26 @@ use std::net::{IpAddr, SocketAddr};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::dialog::Leg;
 use crate::transport::{ConnId, Target, Transport};
 
 const MAC_LEN: usize = 8;
 const KIND_DIALOG: u8 = b'd';
 const KIND_FLOW: u8 = b'f';
+const DIALOG_TOKEN_LEN: usize = 19;
+const LEG_FROM_PHONE: u8 = 1;
+const LEG_FROM_PBX: u8 = 2;
+
+/// What a dialog token in our Record-Route names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialogToken {
+    /// The backend the dialog went to (or came from), `u8::MAX` for none.
+    pub backend: u8,
+    /// The client's connection, when the entry faces a connection-oriented client.
+    pub conn: Option<ConnId>,
+    /// Which pass through this proxy the entry was added on (`None`: a token from before legs).
+    pub leg: Option<Leg>,
+}
 
 /// The key that authenticates tokens.
 #[derive(Clone)]
@@ -92,32 +107,50 @@ impl TokenKey {
         good.then(|| payload.to_vec())
     }
 
-    /// The token for our Record-Route: the dialog (by Call-ID and the caller's tag), its backend, and the client's
-    /// connection when the entry names one (`;ft=`), so that too cannot be rewritten.
-    pub fn dialog_token(&self, call_id: &[u8], caller_tag: &[u8], backend: u8, conn: Option<ConnId>) -> String {
-        let mut p = [0u8; 18];
+    /// The token for our Record-Route: the dialog (by Call-ID and the caller's tag), its backend, the leg this
+    /// pass through the proxy is, and the client's connection when the entry names one (`;ft=`), so that too
+    /// cannot be rewritten.
+    pub fn dialog_token(
+        &self,
+        call_id: &[u8],
+        caller_tag: &[u8],
+        backend: u8,
+        leg: Leg,
+        conn: Option<ConnId>,
+    ) -> String {
+        let mut p = [0u8; DIALOG_TOKEN_LEN];
         p[0] = KIND_DIALOG;
         p[1] = backend;
         p[2..10].copy_from_slice(&dialog_hash(call_id, caller_tag).to_be_bytes());
-        p[10..].copy_from_slice(&conn.unwrap_or(0).to_be_bytes());
+        p[10..18].copy_from_slice(&conn.unwrap_or(0).to_be_bytes());
+        p[18] = match leg {
+            Leg::FromPhone => LEG_FROM_PHONE,
+            Leg::FromPbx => LEG_FROM_PBX,
+        };
         self.seal(&p)
     }
 
-    /// Check a dialog token against a request: `Some((backend, conn))` when it is ours and names this request's
-    /// dialog (either tag may be the caller's: requests come from both ends).
-    pub fn check_dialog_token(
-        &self,
-        token: &[u8],
-        call_id: &[u8],
-        tags: [Option<&[u8]>; 2],
-    ) -> Option<(u8, Option<ConnId>)> {
+    /// Check a dialog token against a request: what it names when it is ours and names this request's dialog
+    /// (either tag may be the caller's: requests come from both ends). A token from before legs existed (18
+    /// bytes) names no leg.
+    pub fn check_dialog_token(&self, token: &[u8], call_id: &[u8], tags: [Option<&[u8]>; 2]) -> Option<DialogToken> {
         let p = self.open(token)?;
-        if p.len() != 18 || p[0] != KIND_DIALOG {
+        if !(p.len() == DIALOG_TOKEN_LEN || p.len() == DIALOG_TOKEN_LEN - 1) || p[0] != KIND_DIALOG {
             return None;
         }
         let h = u64::from_be_bytes(p[2..10].try_into().ok()?);
         let conn = u64::from_be_bytes(p[10..18].try_into().ok()?);
-        tags.iter().flatten().any(|t| dialog_hash(call_id, t) == h).then_some((p[1], (conn != 0).then_some(conn)))
+        let leg = match p.get(18) {
+            None => None,
+            Some(&LEG_FROM_PHONE) => Some(Leg::FromPhone),
+            Some(&LEG_FROM_PBX) => Some(Leg::FromPbx),
+            Some(_) => return None,
+        };
+        tags.iter().flatten().any(|t| dialog_hash(call_id, t) == h).then_some(DialogToken {
+            backend: p[1],
+            conn: (conn != 0).then_some(conn),
+            leg,
+        })
     }
 
     /// The token for our Path: a phone's flow.
@@ -194,15 +227,10 @@ mod tests {
     #[test]
     fn dialog_tokens_check_both_directions_and_refuse_tampering() {
         let k = TokenKey::from_secret(b"test secret");
-        let t = k.dialog_token(b"call-1", b"caller", 3, Some(9));
-        assert_eq!(
-            k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"caller"), Some(b"callee")]),
-            Some((3, Some(9)))
-        );
-        assert_eq!(
-            k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"callee"), Some(b"caller")]),
-            Some((3, Some(9)))
-        );
+        let t = k.dialog_token(b"call-1", b"caller", 3, Leg::FromPbx, Some(9));
+        let want = Some(DialogToken { backend: 3, conn: Some(9), leg: Some(Leg::FromPbx) });
+        assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"caller"), Some(b"callee")]), want);
+        assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"callee"), Some(b"caller")]), want);
         assert_eq!(k.check_dialog_token(t.as_bytes(), b"call-2", [Some(b"caller"), None]), None, "other call");
         let mut forged = t.clone().into_bytes();
         forged[3] = if forged[3] == b'0' { b'1' } else { b'0' };
@@ -210,6 +238,18 @@ mod tests {
         let other = TokenKey::from_secret(b"another");
         assert_eq!(other.check_dialog_token(t.as_bytes(), b"call-1", [Some(b"caller"), None]), None);
         assert_eq!(k.check_dialog_token(b"zz", b"call-1", [Some(b"caller"), None]), None);
+    }
+
+    #[test]
+    fn a_token_from_before_legs_still_checks_and_names_no_leg() {
+        let k = TokenKey::from_secret(b"test secret");
+        let mut p = [0u8; DIALOG_TOKEN_LEN - 1];
+        p[0] = KIND_DIALOG;
+        p[1] = 2;
+        p[2..10].copy_from_slice(&dialog_hash(b"call-1", b"caller").to_be_bytes());
+        let old = k.seal(&p);
+        let got = k.check_dialog_token(old.as_bytes(), b"call-1", [Some(b"callee"), Some(b"caller")]);
+        assert_eq!(got, Some(DialogToken { backend: 2, conn: None, leg: None }));
     }
 
     #[test]

@@ -69,6 +69,16 @@ pub enum AwsVipMethod {
     RouteTable,
 }
 
+impl std::fmt::Display for AwsVipMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AwsVipMethod::SecondaryIp => "secondary-ip",
+            AwsVipMethod::ElasticIp => "elastic-ip",
+            AwsVipMethod::RouteTable => "route-table",
+        })
+    }
+}
+
 /// `[vip.aws]`, for `[vip] mode = "aws"`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

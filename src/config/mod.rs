@@ -103,6 +103,15 @@ pub enum Policy {
     Balanced,
 }
 
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::ActiveStandby => "active-standby",
+            Policy::Balanced => "balanced",
+        })
+    }
+}
+
 /// `[routing]`
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -453,11 +462,32 @@ impl Config {
         Ok(self)
     }
 
+    /// What is valid but probably not meant, judged against this host: a single node (no cluster, no VIP) told to
+    /// listen on an address this host does not have. Binding still works (listeners use `IP_FREEBIND`, so a VIP
+    /// managed by something else can come later), but until then no phone reaches it.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.cluster.is_some() || self.vip.mode != VipMode::None {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for l in &self.sip.listen {
+            let ip = l.addr.ip();
+            let local = ip.is_unspecified() || std::net::UdpSocket::bind(std::net::SocketAddr::new(ip, 0)).is_ok();
+            if !local {
+                out.push(format!(
+                    "sip.listen {l}: {ip} is not an address of this host; nothing reaches it until it is added (a \
+                     VIP is expected only with [cluster] or [vip])"
+                ));
+            }
+        }
+        out
+    }
+
     /// The one-line summary printed by `check-config`.
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.sip.listen.iter().map(|l| l.to_string()).collect();
         let mut s = format!(
-            "ok: node {} ({}), listen {}, advertise {}, {} backend(s), policy {:?}",
+            "ok: node {} ({}), listen {}, advertise {}, {} backend(s), policy {}",
             self.node.id,
             self.node.name,
             listen.join(" "),
@@ -472,7 +502,7 @@ impl Config {
             (VipMode::Linux, Some(a)) => {
                 s.push_str(&format!(", vip {a} on {}", self.vip.interface.as_deref().unwrap_or("?")))
             }
-            (VipMode::Aws, Some(a)) => s.push_str(&format!(", vip {a} by aws {:?}", self.vip.aws.method)),
+            (VipMode::Aws, Some(a)) => s.push_str(&format!(", vip {a} by aws {}", self.vip.aws.method)),
             _ => {}
         }
         match self.volume.mode {

@@ -3,54 +3,28 @@
 //! transaction outcomes (1xx/2xx with a To tag, BYE answered, INVITE failed) and reads it to route in-dialog
 //! requests; health events re-home the dialogs of a failed backend. Nothing here sends a message.
 //!
+//! A call that passes this proxy twice (a spiral through a record-routing PBX) has one entry per pass, its
+//! [`Leg`]: each pass has its own phone side. [`DialogTable::leg_of`] finds the one a request belongs to.
+//!
 //! Memory matters (100k+ calls): times are seconds since the table was made (u32), the backend an index (u16),
 //! and the route set one shared buffer.
 
+mod id;
 #[cfg(test)]
 mod tests;
+
+pub use id::{DialogId, Leg};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::cluster::event::{DialogRecord, Event, Journal};
 use crate::metrics as m;
 use crate::transport::Target;
-
-/// Call-ID plus both tags. The tags are stored in sorted order so a request from either side of the call finds
-/// the same entry (the PBX's BYE has From and To swapped).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DialogId(Bytes);
-
-impl DialogId {
-    pub fn new(call_id: &[u8], tag_a: &[u8], tag_b: &[u8]) -> DialogId {
-        let (lo, hi) = if tag_a <= tag_b { (tag_a, tag_b) } else { (tag_b, tag_a) };
-        let mut b = BytesMut::with_capacity(call_id.len() + lo.len() + hi.len() + 2);
-        b.put_slice(call_id);
-        b.put_u8(0);
-        b.put_slice(lo);
-        b.put_u8(0);
-        b.put_slice(hi);
-        DialogId(b.freeze())
-    }
-
-    /// The key as it travels between nodes.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.0
-    }
-
-    pub fn from_bytes(b: Bytes) -> DialogId {
-        DialogId(b)
-    }
-
-    /// The Call-ID part.
-    pub fn call_id(&self) -> &[u8] {
-        self.0.split(|c| *c == 0).next().unwrap_or(b"")
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialogState {
@@ -167,6 +141,13 @@ impl DialogTable {
         self.calls.load(Ordering::Relaxed)
     }
 
+    /// Count a call when its first leg is confirmed (a spiraled call has two).
+    fn count_call_once(&self, id: &DialogId) {
+        if !self.map.get(&id.twin()).is_some_and(|t| t.state != DialogState::Early) {
+            self.count_call();
+        }
+    }
+
     fn count_call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::CALLS).increment(1);
@@ -217,7 +198,9 @@ impl DialogTable {
             if d.state == DialogState::Early {
                 d.state = DialogState::Confirmed;
                 d.confirmed = now;
-                self.count_call();
+                drop(d);
+                self.count_call_once(&id);
+                let Some(mut d) = self.map.get_mut(&id) else { return };
                 d.route_set = route_set;
                 if self.journal.enabled() {
                     self.journal.record(Event::DialogUp(record(&id, &d, now)));
@@ -227,11 +210,34 @@ impl DialogTable {
         }
         let mut d = self.fresh(DialogState::Confirmed, n);
         d.route_set = route_set;
-        self.count_call();
+        self.count_call_once(&id);
         if self.journal.enabled() {
             self.journal.record(Event::DialogUp(record(&id, &d, now)));
         }
         self.insert_if_new(id, d);
+    }
+
+    /// The entry an in-dialog request belongs to: the leg `hint` names (from our Record-Route token) when the
+    /// table holds it, else the other leg when only that one is here (a call that passed once, a token-less
+    /// request), else the hinted leg's key (for the caller to find missing).
+    pub fn leg_of(&self, call_id: &[u8], tag_a: &[u8], tag_b: &[u8], hint: Leg) -> DialogId {
+        let id = DialogId::for_leg(call_id, tag_a, tag_b, hint);
+        if self.map.contains_key(&id) {
+            return id;
+        }
+        let other = DialogId::for_leg(call_id, tag_a, tag_b, hint.other());
+        if self.map.contains_key(&other) {
+            other
+        } else {
+            id
+        }
+    }
+
+    /// The dialog ended (its BYE answered): every leg of it goes.
+    pub fn end(&self, call_id: &[u8], tag_a: &[u8], tag_b: &[u8]) {
+        for leg in [Leg::FromPhone, Leg::FromPbx] {
+            self.remove(&DialogId::for_leg(call_id, tag_a, tag_b, leg));
+        }
     }
 
     /// An in-dialog request passed: note the time and its CSeq; a BYE marks the dialog terminated. Returns the
@@ -367,7 +373,7 @@ impl DialogTable {
             Event::DialogUp(r) => {
                 let id = DialogId(r.id.clone());
                 let d = self.dialog_of(r);
-                if !r.terminated && !self.map.contains_key(&id) {
+                if !r.terminated && !self.map.contains_key(&id) && !self.map.contains_key(&id.twin()) {
                     // Seen here through replication: counted for the dashboard, not in the metric (that is
                     // the serving node's).
                     self.calls.fetch_add(1, Ordering::Relaxed);

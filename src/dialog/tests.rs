@@ -80,3 +80,31 @@ async fn reaper_and_failed_invite() {
     tokio::time::advance(Duration::from_secs(20)).await;
     assert_eq!(t.reap(&limits), 1, "an early dialog never answered");
 }
+
+#[test]
+fn the_two_legs_of_a_spiraled_call_are_two_entries_and_one_call() {
+    let t = DialogTable::new();
+    let (from_phone, from_pbx) = (
+        DialogId::for_leg(b"sp", b"alice", b"bob", Leg::FromPhone),
+        DialogId::for_leg(b"sp", b"bob", b"alice", Leg::FromPbx),
+    );
+    assert_eq!((from_phone.leg(), from_pbx.leg()), (Leg::FromPhone, Leg::FromPbx));
+    assert_eq!((from_phone.twin(), from_pbx.twin()), (from_pbx.clone(), from_phone.clone()));
+    assert_eq!(from_pbx.call_id(), b"sp");
+    // A one-character tag "p" after the second NUL is not taken for the leg marker.
+    assert_eq!(DialogId::new(b"sp", b"a", b"p").leg(), Leg::FromPhone);
+    // The callee's pass is answered first (bob's 200 reaches sipfront there first), then the caller's.
+    let mut to_bob = client();
+    to_bob.client = Some(Target { transport: Transport::Udp, addr: "192.0.2.20:5060".parse().unwrap(), conn: None });
+    t.confirm(from_pbx.clone(), &to_bob, None);
+    t.confirm(from_phone.clone(), &client(), None);
+    assert_eq!((t.len(), t.calls_total()), (2, 1), "two legs, one call");
+    assert_eq!(t.get(&from_pbx).unwrap().client, to_bob.client, "each leg keeps its own phone");
+    assert_eq!(t.leg_of(b"sp", b"bob", b"alice", Leg::FromPbx), from_pbx);
+    assert_eq!(t.leg_of(b"sp", b"alice", b"bob", Leg::FromPhone), from_phone);
+    t.end(b"sp", b"bob", b"alice");
+    assert!(t.is_empty(), "a BYE's 2xx ends both legs");
+    // A call that passes once: whichever leg a request names, the one that is here is found.
+    t.confirm(from_pbx.clone(), &to_bob, None);
+    assert_eq!(t.leg_of(b"sp", b"alice", b"bob", Leg::FromPhone), from_pbx);
+}

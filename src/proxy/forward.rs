@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::plan::HopAddr;
 use super::{Plan, Proxy};
+use crate::dialog::Leg;
 use crate::sip::{ForwardEdit, HeaderName, Message, Via, ViaTransport};
 use crate::transport::{Source, Target, Transport};
 
@@ -81,13 +82,14 @@ impl Proxy {
             let (call_id, tag) = (req.call_id(), req.from_tag().unwrap_or_default());
             // The client-facing entry names the client's connection so requests from the PBX find it again; the
             // token covers it too.
-            let token = key.dialog_token(call_id, tag, home, src.conn);
+            let leg = Leg::of(plan.from_backend.is_some());
+            let token = key.dialog_token(call_id, tag, home, leg, src.conn);
             let inbound = self.record_route_value(src.transport, src.conn, &token);
             if src.transport == out && src.conn.is_none() {
                 vec![inbound]
             } else {
                 // Transport changes (or a flow token): the top entry faces the next hop, the lower one the client.
-                let outbound = key.dialog_token(call_id, tag, home, None);
+                let outbound = key.dialog_token(call_id, tag, home, leg, None);
                 vec![self.record_route_value(out, None, &outbound), inbound]
             }
         } else {
@@ -173,6 +175,7 @@ impl Proxy {
         let Some(ip) = ip else { return };
         let port = next.rport().flatten().or(next.sent_by.port).unwrap_or(5060);
         self.stats.stateless_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::metrics::final_response(resp.status().unwrap_or(0), "relayed");
         self.transports.send(Target { transport, addr: SocketAddr::new(ip, port), conn: None }, resp.strip_top_via());
     }
 }

@@ -15,7 +15,7 @@ use crate::transport::{Source, Verdict};
 /// Option tags we support (none that a proxy has to understand yet).
 const SUPPORTED: &[u8] = b"path, outbound";
 /// Seconds a client told 503 should wait.
-const RETRY_AFTER: &[u8] = b"5";
+pub(crate) const RETRY_AFTER: &[u8] = b"5";
 
 impl Proxy {
     /// A response we owe this new request ourselves, or `None` to route it.
@@ -59,6 +59,7 @@ impl Proxy {
                 .header("Accept", b"application/sdp");
         }
         self.stats.local_replies.fetch_add(1, Ordering::Relaxed);
+        m::final_response(code, "local");
         self.transports.send(src.into(), b.build());
     }
 
@@ -77,6 +78,7 @@ impl Proxy {
                     .to_tag(tag.as_bytes())
                     .header("Warning", warning.as_bytes())
                     .build();
+                m::final_response(400, "local");
                 self.transports.send(src.into(), resp);
                 Verdict::Accepted
             }

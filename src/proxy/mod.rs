@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use forward::resolve;
+pub(crate) use local::RETRY_AFTER;
 pub use plan::{Hop, HopAddr, Plan};
 pub use stats::{Stats, StatsSnapshot};
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::Proxy;
 use bytes::Bytes;
 
-use crate::dialog::DialogId;
+use crate::dialog::{DialogId, Leg};
 use crate::sip::{find_param, parse_name_addr, HeaderName, Message, Method, SipUri, Via};
 use crate::transport::{ConnId, Source, Target, Transport};
 
@@ -69,6 +69,8 @@ struct Popped {
     dialog_backend: Option<usize>,
     /// A phone's registered flow, from the token in the user part of our Path.
     flow: Option<(Bytes, Target)>,
+    /// The dialog leg our token names: which pass of a spiral this request is on.
+    leg: Option<Leg>,
 }
 
 fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
@@ -119,13 +121,14 @@ impl Proxy {
                 None => None,
             };
             if let Some(d) = find_param(uri.params, "d") {
-                let (b, conn) =
-                    key.check_dialog_token(d, req.call_id(), [req.from_tag(), req.to_tag()]).ok_or(FORGED)?;
+                let t = key.check_dialog_token(d, req.call_id(), [req.from_tag(), req.to_tag()]).ok_or(FORGED)?;
                 // The flow parameter is covered by the token: a rewritten one is a forgery.
-                if conn != ft {
+                if t.conn != ft {
                     return Err(FORGED);
                 }
-                p.dialog_backend = (usize::from(b) < self.routing.backends().len()).then_some(usize::from(b));
+                let b = usize::from(t.backend);
+                p.dialog_backend = (b < self.routing.backends().len()).then_some(b);
+                p.leg = t.leg.or(p.leg);
             }
             if ft.is_some() {
                 p.conn = ft;
@@ -138,7 +141,12 @@ impl Proxy {
         Ok(p)
     }
 
-    /// Loop hash over what stays the same when a request comes back to us unchanged.
+    /// Loop hash (RFC 3261 §16.6 step 8) over every field whose change makes a request that comes back to us a
+    /// spiral rather than a loop: Request-URI, Call-ID, both tags, CSeq, and the Route, Proxy-Require and
+    /// Proxy-Authorization headers as received. The Route set matters: a request of a dialog that passes us twice
+    /// (phone -> sipfront -> PBX -> sipfront -> phone) keeps its Request-URI, tags and CSeq on both passes, and
+    /// only its Route set (our first entry and the PBX's gone on the second pass) tells the passes apart. The top
+    /// Via is left out on purpose: every hop rewrites it, so with it a real loop would never match.
     pub(crate) fn loop_hash(req: &Message) -> u32 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         req.request_uri().hash(&mut h);
@@ -147,8 +155,11 @@ impl Proxy {
         req.to_tag().hash(&mut h);
         req.cseq().hash(&mut h);
         req.method_bytes().hash(&mut h);
-        for r in req.header_values(HeaderName::ProxyRequire) {
-            r.hash(&mut h);
+        for name in [HeaderName::Route, HeaderName::ProxyRequire, HeaderName::ProxyAuthorization] {
+            for v in req.header_values(name) {
+                name.hash(&mut h);
+                v.hash(&mut h);
+            }
         }
         h.finish() as u32
     }
@@ -196,11 +207,13 @@ impl Proxy {
         Hop { addr: HopAddr::Resolved(self.routing.backends()[i].target()), backend: Some(i) }
     }
 
-    /// Backends in the policy's order, those up first; the down ones only if none is up.
+    /// Backends in the policy's order, those up only. With probes off nothing brings a backend back up, so the
+    /// down ones are still tried when none is up; with probes on, none up means an empty list (answered 503 with
+    /// Retry-After at once, not 408 after timer B).
     pub(crate) fn backend_order(&self) -> Vec<usize> {
         let order = self.routing.plan();
         let up: Vec<usize> = order.iter().copied().filter(|&i| self.health.is_up(i)).collect();
-        if up.is_empty() {
+        if up.is_empty() && !self.settings.health.enabled {
             order
         } else {
             up
@@ -226,7 +239,9 @@ impl Proxy {
         let home = if self.health.is_up(home) {
             home
         } else {
-            let survivor = order.first().copied().unwrap_or(home);
+            let Some(survivor) = order.first().copied() else {
+                return Vec::new(); // nothing up: 503
+            };
             if let (Some(id), true) = (id, survivor != home) {
                 self.dialogs.set_home(id, survivor);
             }
@@ -283,6 +298,9 @@ impl Proxy {
         })?;
         let loop_hash = Self::loop_hash(req);
         if self.is_loop(req, loop_hash) {
+            self.stats.loops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::LOOPS).increment(1);
+            tracing::info!(from = %src.remote, call_id = %String::from_utf8_lossy(req.call_id()), "request came back unchanged: loop, 482");
             return Err((482, "Loop Detected"));
         }
         let max_forwards = match req.max_forwards() {
@@ -291,8 +309,10 @@ impl Proxy {
         };
         let method = req.method().unwrap_or(Method::Other);
         let from_backend = self.backend_of(req, src);
+        // The leg our popped Record-Route names; without one (a request that skipped our Route) the leg that is
+        // here, or the one phone -> PBX when both are.
         let dialog_id = match (req.from_tag(), req.to_tag()) {
-            (Some(f), Some(t)) => Some(DialogId::new(req.call_id(), f, t)),
+            (Some(f), Some(t)) => Some(self.dialogs.leg_of(req.call_id(), f, t, popped.leg.unwrap_or(Leg::FromPhone))),
             _ => None,
         };
         if let (Some(id), None, Some(_)) = (&dialog_id, from_backend, src.conn) {
@@ -340,7 +360,9 @@ impl Proxy {
             self.backend_hops()
         };
         if hops.is_empty() {
-            return Err((503, "Service Unavailable"));
+            self.stats.no_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::NO_BACKEND, "method" => method.as_str()).increment(1);
+            return Err((503, "Service Unavailable (no backend up)"));
         }
         let initial = dialog_id.is_none();
         if initial && method == Method::Invite && self.dialogs.len() >= self.settings.dialogs.max {

@@ -19,6 +19,10 @@ pub struct Stats {
     pub transactions: AtomicU64,
     pub forged_tokens: AtomicU64,
     pub over_capacity: AtomicU64,
+    /// Answered 503 at once: no backend up.
+    pub no_backend: AtomicU64,
+    /// Refused 482: a request that came back unchanged.
+    pub loops: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -38,6 +42,8 @@ pub struct StatsSnapshot {
     pub transactions: u64,
     pub forged_tokens: u64,
     pub over_capacity: u64,
+    pub no_backend: u64,
+    pub loops: u64,
 }
 
 impl Stats {
@@ -58,6 +64,8 @@ impl Stats {
             transactions: g(&self.transactions),
             forged_tokens: g(&self.forged_tokens),
             over_capacity: g(&self.over_capacity),
+            no_backend: g(&self.no_backend),
+            loops: g(&self.loops),
         }
     }
 }

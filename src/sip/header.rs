@@ -19,6 +19,8 @@ pub enum HeaderName {
     Supported,
     Require,
     ProxyRequire,
+    /// Read only by loop detection: credentials for the next proxy make a spiral, not a loop.
+    ProxyAuthorization,
     Path,
     Other,
 }
@@ -56,6 +58,7 @@ impl HeaderName {
             12 if eq("Content-Type") => HeaderName::ContentType,
             13 if eq("Proxy-Require") => HeaderName::ProxyRequire,
             14 if eq("Content-Length") => HeaderName::ContentLength,
+            19 if eq("Proxy-Authorization") => HeaderName::ProxyAuthorization,
             _ => HeaderName::Other,
         }
     }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::timers::{due, earliest, sleep_opt};
 use super::{response_branch, retryable, Ctx, Linger, TxEvent};
-use crate::dialog::{DialogId, NewDialog};
+use crate::dialog::{DialogId, Leg, NewDialog};
 use crate::proxy::Proxy;
 use crate::proxy::{Hop, HopAddr};
 use crate::sip::{HeaderName, Message, Method, ResponseBuilder};
@@ -154,7 +154,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                     provisional = true;
                                     if code > 100 {
                                         timer_c = Some(Instant::now() + t.timer_c);
-                                        if let Some(id) = dialog_id(&resp) {
+                                        if let Some(id) = dialog_id(&ctx, &resp) {
                                             ctx.proxy.dialogs.early(id, &new_dialog(&ctx, &attempts[cur]));
                                         }
                                         last_up = resp.strip_top_via();
@@ -165,10 +165,11 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                     }
                                 }
                                 200..=299 => {
-                                    if let Some(id) = dialog_id(&resp) {
+                                    if let Some(id) = dialog_id(&ctx, &resp) {
                                         let route_set = route_set(&resp);
                                         ctx.proxy.dialogs.confirm(id, &new_dialog(&ctx, &attempts[cur]), route_set);
                                     }
+                                    crate::metrics::final_response(code, "relayed");
                                     ctx.upstream(resp.strip_top_via());
                                     // The end-to-end ACK does not come through this transaction.
                                     attempts[cur].ack = Some(Bytes::new());
@@ -190,6 +191,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                         continue 'hops;
                                     }
                                     let out = resp.strip_top_via();
+                                    crate::metrics::final_response(code, "relayed");
                                     ctx.upstream(out.clone());
                                     outcome = Some(Outcome::Rejected(out));
                                     break 'hops;
@@ -259,6 +261,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
         None => {
             let out = match best_failure {
                 Some(r) => {
+                    crate::metrics::final_response(r.status().unwrap_or(0), "relayed");
                     let out = r.strip_top_via();
                     ctx.upstream(out.clone());
                     out
@@ -321,8 +324,10 @@ fn route_set(resp: &Message) -> Option<Bytes> {
     Some(b.freeze())
 }
 
-fn dialog_id(resp: &Message) -> Option<DialogId> {
-    Some(DialogId::new(resp.call_id(), resp.from_tag()?, resp.to_tag()?))
+/// The entry this transaction's dialog gets: the leg is set by where the INVITE came from.
+fn dialog_id(ctx: &Ctx, resp: &Message) -> Option<DialogId> {
+    let leg = Leg::of(ctx.plan.from_backend.is_some());
+    Some(DialogId::for_leg(resp.call_id(), resp.from_tag()?, resp.to_tag()?, leg))
 }
 
 /// A response for an earlier branch (after failover) or a retransmission: ACK a non-2xx final, relay a 2xx.

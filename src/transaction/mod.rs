@@ -256,7 +256,7 @@ impl Ctx {
         let branch = self.new_branch();
         let fwd = self.proxy.build_forward(&self.req, self.src, &self.plan, target.transport, hop.backend, &branch);
         if let Err(e) = self.proxy.transports.send_wait(target, fwd.clone()).await {
-            tracing::info!(to = %target.addr, error = %e, method = ?self.req.method(), "not sent, trying the next hop");
+            tracing::info!(to = %target.addr, error = %e, method = %String::from_utf8_lossy(self.req.method_bytes()), "not sent, trying the next hop");
             self.backend_failed(hop.backend, "transport error");
             self.note_failover("transport", last_hop);
             return None;
@@ -276,7 +276,10 @@ impl Ctx {
         let tag = self.proxy.local_tag();
         let b = crate::sip::ResponseBuilder::new(&self.req, code, reason).source(self.src.remote);
         let b = if code > 100 { b.to_tag(tag.as_bytes()) } else { b };
+        // Every backend failed or none is up: tell the client when to come back (RFC 3261 §21.5.4).
+        let b = if code == 503 { b.header("Retry-After", crate::proxy::RETRY_AFTER) } else { b };
         let out = b.build();
+        m::final_response(code, "local");
         self.upstream(out.clone());
         out
     }

@@ -7,7 +7,6 @@ use tokio::time::Instant;
 
 use super::timers::{due, earliest, sleep_opt};
 use super::{response_branch, retryable, Ctx, TxEvent};
-use crate::dialog::DialogId;
 use crate::sip::Method;
 
 pub(crate) async fn run(mut ctx: Ctx) {
@@ -15,7 +14,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
     let hops = ctx.plan.hops.clone();
     let mut last_provisional: Option<Bytes> = None;
     let mut final_up: Option<Bytes> = None;
-    let mut best_failure: Option<Bytes> = None;
+    let mut best_failure: Option<(u16, Bytes)> = None;
     let mut fallback = (503, "Service Unavailable");
 
     'hops: for (i, hop) in hops.iter().enumerate() {
@@ -71,15 +70,16 @@ pub(crate) async fn run(mut ctx: Ctx) {
                         }
                         if !last_hop && retryable(code) {
                             ctx.note_failover("response", last_hop);
-                            best_failure = Some(resp.strip_top_via());
+                            best_failure = Some((code, resp.strip_top_via()));
                             continue 'hops;
                         }
                         if ctx.req.method() == Some(Method::Bye) && ((200..300).contains(&code) || code == 481) {
                             if let (Some(a), Some(b)) = (resp.from_tag(), resp.to_tag()) {
-                                ctx.proxy.dialogs.remove(&DialogId::new(resp.call_id(), a, b));
+                                ctx.proxy.dialogs.end(resp.call_id(), a, b);
                             }
                         }
                         let out = resp.strip_top_via();
+                        crate::metrics::final_response(code, "relayed");
                         ctx.upstream(out.clone());
                         final_up = Some(out);
                         break 'hops;
@@ -88,7 +88,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                 _ = sleep_opt(earliest(&[timer_e, Some(timer_f)])) => {
                     let now = Instant::now();
                     if timer_f <= now {
-                        tracing::info!(to = %target.addr, method = ?ctx.req.method(), "no answer (timer F)");
+                        tracing::info!(to = %target.addr, method = %String::from_utf8_lossy(ctx.req.method_bytes()), "no answer (timer F)");
                         ctx.backend_failed(hop.backend, "request timeout");
                         ctx.note_failover("timeout", last_hop);
                         fallback = (408, "Request Timeout");
@@ -107,7 +107,8 @@ pub(crate) async fn run(mut ctx: Ctx) {
     let fin = match final_up {
         Some(f) => f,
         None => match best_failure {
-            Some(b) => {
+            Some((code, b)) => {
+                crate::metrics::final_response(code, "relayed");
                 ctx.upstream(b.clone());
                 b
             }

@@ -125,7 +125,8 @@ async fn invite_gets_trying_and_is_forwarded_with_our_via_and_record_route() {
     let rr = String::from_utf8(fwd.header(HeaderName::RecordRoute).unwrap().to_vec()).unwrap();
     let token = rr.strip_prefix("<sip:127.0.0.1:5060;d=").and_then(|t| t.strip_suffix(";lr>")).expect(&rr);
     let key = &r.proxy.settings.token_key;
-    assert_eq!(key.check_dialog_token(token.as_bytes(), b"call-z9hG4bK-1", [Some(b"a1"), None]), Some((0, None)));
+    let named = key.check_dialog_token(token.as_bytes(), b"call-z9hG4bK-1", [Some(b"a1"), None]).expect("our token");
+    assert_eq!((named.backend, named.conn, named.leg), (0, None, Some(crate::dialog::Leg::FromPhone)));
     assert_eq!(fwd.max_forwards(), Some(69));
 }
 

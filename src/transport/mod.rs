@@ -123,8 +123,9 @@ pub enum TransportError {
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("connection to {0} is closed")]
     Closed(SocketAddr),
-    #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    // Not `source`: the io error is part of the message, and a chain printer would repeat it.
+    #[error("cannot bind {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: std::io::Error },
 }
 
 /// What the receiver made of a message.

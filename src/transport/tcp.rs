@@ -104,8 +104,8 @@ impl TcpPool {
             if matches!(t, Transport::Tls | Transport::Wss) && tls.as_ref().is_none_or(|c| c.server.is_none()) {
                 return Err(TransportError::NoCertificate(addr));
             }
-            let l = bind_listener(addr).map_err(|source| TransportError::Bind { addr, source })?;
-            local_addrs.push((t, l.local_addr().map_err(|source| TransportError::Bind { addr, source })?));
+            let l = bind_listener(addr).map_err(|reason| TransportError::Bind { addr, reason })?;
+            local_addrs.push((t, l.local_addr().map_err(|reason| TransportError::Bind { addr, reason })?));
             listeners.push((t, l));
         }
         Ok(TcpPool {

@@ -23,7 +23,7 @@ pub struct UdpListener {
 
 impl UdpListener {
     pub fn bind(addr: SocketAddr) -> Result<UdpListener, TransportError> {
-        let bind_err = |source| TransportError::Bind { addr, source };
+        let bind_err = |reason| TransportError::Bind { addr, reason };
         let domain = socket2::Domain::for_address(addr);
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP)).map_err(bind_err)?;
         // Larger buffers only help; the kernel caps them at rmem_max/wmem_max, which is fine.

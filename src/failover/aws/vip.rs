@@ -68,7 +68,7 @@ impl AwsVip {
         if let Some(local) = &mut self.local {
             local.acquire().await?;
         }
-        tracing::info!(method = ?self.spec.method, vip = %self.spec.address, eni = %me.eni_id, term = claim.term,
+        tracing::info!(method = %self.spec.method, vip = %self.spec.address, eni = %me.eni_id, term = claim.term,
             ec2_ms, took_ms = t0.elapsed().as_millis() as u64, "aws: the VIP is ours");
         Ok(())
     }
