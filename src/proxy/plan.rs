@@ -55,6 +55,8 @@ pub struct Plan {
     pub from_backend: Option<usize>,
     /// A REGISTER: the flow token our Path carries (the flow is the request's source).
     pub path_token: Option<Bytes>,
+    /// An in-dialog request: the dialog entry (leg) it belongs to, so a re-INVITE's 2xx refreshes that one.
+    pub dialog: Option<DialogId>,
 }
 
 /// What our popped Route entries told us.
@@ -389,6 +391,7 @@ impl Proxy {
             loop_hash,
             from_backend,
             path_token,
+            dialog: dialog_id,
         })
     }
 

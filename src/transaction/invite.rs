@@ -324,8 +324,12 @@ fn route_set(resp: &Message) -> Option<Bytes> {
     Some(b.freeze())
 }
 
-/// The entry this transaction's dialog gets: the leg is set by where the INVITE came from.
+/// The entry this transaction's dialog gets: a re-INVITE's is the one routing found; a new dialog's leg is set by
+/// where the INVITE came from.
 fn dialog_id(ctx: &Ctx, resp: &Message) -> Option<DialogId> {
+    if let Some(id) = &ctx.plan.dialog {
+        return Some(id.clone());
+    }
     let leg = Leg::of(ctx.plan.from_backend.is_some());
     Some(DialogId::for_leg(resp.call_id(), resp.from_tag()?, resp.to_tag()?, leg))
 }
