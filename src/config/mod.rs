@@ -3,10 +3,12 @@
 //!
 //! This module only reads and checks; it never opens a socket.
 
+mod admin;
 mod cluster;
 mod duration;
 mod failover;
 mod ha;
+mod security;
 mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,10 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admin::AdminConfig;
 pub use cluster::{ClusterConfig, PeerConfig, VipConfig, VipMode};
 pub use duration::{parse_duration, ConfigDuration};
 pub use failover::{AwsConfig, AwsVipConfig, AwsVipMethod, VolumeConfig, VolumeMode};
 pub use ha::{DialogConfig, HealthConfig, RegistrationConfig};
+pub use security::SecurityConfig;
 pub use transport::{ListenAddr, SipConfig, TlsConfig, WebSocketConfig};
 
 use crate::sip::SipUri;
@@ -78,6 +82,9 @@ pub struct Config {
     /// `[admin]`: metrics, HTTP API and dashboard.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[security]`: per-source rate limits, the ban list, user-agent rules.
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// `[[backend]]` tables: the PBXs, in any order (priority decides).
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
@@ -195,20 +202,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// `[admin]`: the HTTP admin surface (metrics, API, dashboard). Absent: no admin listener.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// `"127.0.0.1:9090"`: where the admin HTTP server listens. Every node of a cluster serves the whole
-    /// cluster's view.
-    #[serde(default)]
-    pub listen: Option<SocketAddr>,
-    /// A file whose content (≥ 16 bytes) is the bearer token the mutating endpoints require. Without it they
-    /// answer 401 to everyone.
-    #[serde(default)]
-    pub token_file: Option<std::path::PathBuf>,
 }
 
 fn default_log_level() -> String {
@@ -419,12 +412,8 @@ impl Config {
         }
         self.aws.validate()?;
         self.volume.validate()?;
-        if let Some(path) = &self.admin.token_file {
-            read_secret_for("admin.token_file", path)?;
-            if self.admin.listen.is_none() {
-                return Err(invalid("admin.token_file", "is set but admin.listen is not"));
-            }
-        }
+        self.admin.validate()?;
+        self.security.validate()?;
         if self.volume.mode != VolumeMode::None && self.cluster.is_none() {
             return Err(invalid("volume.mode", "a volume moves between cluster nodes: add a [cluster] section"));
         }
