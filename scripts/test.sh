@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test sipfront has, on a fresh machine too: installs what the tests need (SIPp from Debian's
-# sip-tester, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, Chromium for the
+# sip-tester, SIPVicious, iproute2 for `ip` and `bridge`, e2fsprogs and losetup for the volume tests, Chromium for the
 # dashboard and WebRTC browser tests, JsSIP from the npm registry for the latter, the moto EC2 emulator from PyPI),
 # then formatting, clippy, unit, in-process, real-binary, EC2-emulator, browser and (as root) network-namespace
 # cluster and volume tests.
@@ -9,8 +9,14 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v sipp >/dev/null 2>&1 || need+=(sip-tester)
+command -v sipsak >/dev/null 2>&1 || need+=(sipsak)
+# SIPVicious (svmap, svwar, svcrack) for the scanner tests (tests/guard_sipvicious.rs, tests/attack.rs).
+command -v svwar >/dev/null 2>&1 || need+=(sipvicious)
 { command -v ip && command -v bridge; } >/dev/null 2>&1 || need+=(iproute2)
 PATH="$PATH:/usr/sbin:/sbin"
+# The interop tests' real PBX and phones (tests/interop_kamailio.rs, tests/shared/baresip.rs).
+command -v kamailio >/dev/null 2>&1 || need+=(kamailio)
+command -v baresip >/dev/null 2>&1 || need+=(baresip-core)
 command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
@@ -28,6 +34,13 @@ if ! python3 -c 'import sys, moto, flask, flask_cors; sys.exit(moto.__version__ 
   echo "installing the EC2 emulator: moto[server]==5.2.5"
   python3 -m pip install -q 'moto[server]==5.2.5' flask flask-cors 2>/dev/null \
     || python3 -m pip install -q --break-system-packages 'moto[server]==5.2.5' flask flask-cors
+fi
+# The bridging PBX of the interop tests (tests/interop_sippy.rs): the Sippy B2BUA's b2bua_radius, pinned.
+if ! { command -v b2bua_radius >/dev/null 2>&1 \
+  && python3 -c 'import sys, importlib.metadata as m; sys.exit(m.version("sippy") != "2.5.0")' 2>/dev/null; }; then
+  echo "installing the Sippy B2BUA: sippy==2.5.0"
+  python3 -m pip install -q 'sippy==2.5.0' 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages 'sippy==2.5.0'
 fi
 # The WebRTC browser test's SIP stack: JsSIP and its dependencies from the npm registry, pinned and checked against
 # their sha512 integrity, into a cache outside the clone (no node or npm).

@@ -15,8 +15,8 @@
 //! binary and across binaries). Every non-switch namespace has `lo` up and one veth, `eth0` inside, whose peer
 //! (named for the namespace: `n1`, `ph`, `p2` ...) is a port of `br0` in the switch namespace; all of it is made
 //! with `ip -n`, so nothing is ever created in, or sent through, the host's own namespace. Tags taken:
-//! `netns_smoke.rs` 1-9, `cluster_faults.rs` 10-14, `cluster_aws.rs` 15-17, `cluster_tls.rs` 18 (add a line here when a test file
-//! takes a range).
+//! `netns_smoke.rs` 1-9, `cluster_faults.rs` 10-14, `cluster_aws.rs` 15-17, `cluster_tls.rs` 18,
+//! `cluster_interop.rs` 19-20 (add a line here when a test file takes a range).
 //!
 //! What a test gets:
 //! - [`Lab`] ([`topology`]): the namespaces and links, `ip` inside them, a cut/restored link;
@@ -68,6 +68,10 @@ pub use peers::{Uac, UacSpec};
 pub use pinger::{Ping, Pinger};
 #[allow(unused_imports)]
 pub use sampler::{HolderChange, VipSampler};
+// The real phones and PBXs of `tests/shared` (`cluster_interop.rs`): start them from a thread inside a namespace
+// (`nsenter::in_ns`) and they run there, control sockets included.
+#[allow(unused_imports)]
+pub use shared::{baresip, http_exchange, kamailio, sippy};
 #[allow(unused_imports)]
 pub use shared::{options_to, parse_sipp_trace, sipfront_bin, SipMsg, SippRun, Tp, Traced, SCENARIOS};
 #[allow(unused_imports)]

@@ -9,16 +9,23 @@
 //!   proc      Proc: a child in its own process group, SIGKILLed as a group      processes
 //!   http      http_exchange: one HTTP/1.1 request; metric_sample from /metrics  sockets
 //!   browser   headless Chromium: its flags, and one driven over DevTools        processes, sockets
+//!   baresip   Phone: a real baresip SIP phone driven over ctrl_tcp              processes, sockets
+//!   kamailio  Kamailio: a real registrar/proxy PBX, its request log             processes, sockets
+//!   sippy     Sippy: the Sippy B2BUA as a bridging PBX; Registrar: Kamailio behind  processes, sockets
 //! ```
 //!
-//! `browser` is used by path (`common::browser::Browser`), not re-exported: only the browser tests need it.
+//! `browser`, `baresip` and `kamailio` are used by path (`common::browser::Browser`, `common::baresip::Phone`), not
+//! re-exported: only the browser and interop tests need them.
 #![allow(dead_code)]
 
+pub mod baresip;
 pub mod browser;
 pub mod http;
+pub mod kamailio;
 pub mod proc;
 pub mod sip_text;
 pub mod sipp;
+pub mod sippy;
 
 #[allow(unused_imports)] // only the admin, demo and browser tests talk HTTP
 pub use http::*;

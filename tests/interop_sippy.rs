@@ -1,0 +1,263 @@
+//! Real phones calling through sipfront and a bridging PBX: two baresip phones, the Sippy B2BUA (every call two
+//! dialogs, each with its own Call-ID, as commercial PBXs such as PortSIP do) and Kamailio as the registrar
+//! behind it. Test numbers (tests/common/mod.rs): 230-236.
+//!
+//! ```text
+//!   alice 127.0.0.N:5070 ──┐                      ┌─ REGISTER (its stateful proxy) ──┐
+//!                          ├─ sipfront ── Sippy ──┤                                  ├─ Kamailio 127.0.1.N:5082
+//!   bob   127.0.0.N:5074 ──┘  127.0.0.N   :5080   └─ the call's B leg (static route) ┘   registrar, Path, lookup
+//!          ^                    :5060                                                      │
+//!          └──────────── sipfront ◄── the B leg, along bob's Path (sipfront's flow token) ──┘
+//! ```
+//!
+//! Phones register through sipfront (its Path carries the flow token) and the B2BUA's proxy to Kamailio. A call
+//! from alice reaches the B2BUA as its A leg; the B2BUA places the B leg, under a new Call-ID, to Kamailio, which
+//! finds bob's binding and relays along the Path back through sipfront to bob. sipfront thus carries both legs
+//! of every call, as it does in front of a PBX that is registrar and B2BUA in one. Both PBX addresses are
+//! sipfront backends, the B2BUA preferred (every phone's request goes there), Kamailio a standby: sipfront knows
+//! the requests Kamailio sends as a PBX's. One test leaves Kamailio out of sipfront's backends: a registrar it does
+//! not know, reaching phones only through their Path and sipfront's Record-Route tokens. Each test checks what both
+//! phones saw (events, RTP both ways, calls gone), what the PBX saw (in its SIP log, both legs ended), and that
+//! sipfront answered nothing with 482, 481 or 408 (`sipfront_final_responses_total`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::baresip::{Phone, PhoneSpec, SipTransport};
+use common::sippy::{Bridged, LegEnd, Registrar, Sippy};
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Everything one test runs. Dropped in order: the phones first (their unregistering is not waited for), then
+/// the PBX, the registrar and sipfront (the harness), each killing its process group.
+struct Rig {
+    alice: Phone,
+    bob: Phone,
+    pbx: Sippy,
+    registrar: Registrar,
+    admin: String,
+    domain: String,
+    h: Harness,
+}
+
+/// Where the registrar stands for sipfront.
+#[derive(Clone, Copy, PartialEq)]
+enum RegistrarIs {
+    /// A standby backend (priority 2): sipfront knows its requests as a PBX's.
+    Backend,
+    /// Not a backend: its requests reach phones only through the Path and sipfront's Record-Route tokens.
+    Unlisted,
+}
+
+/// Start the registrar, the B2BUA, sipfront (with its admin listener) and two registered phones.
+fn rig(name: &str, n: u8, tp: SipTransport) -> Rig {
+    rig_with(name, n, tp, RegistrarIs::Backend)
+}
+
+fn rig_with(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs) -> Rig {
+    let mut h = Harness::new(name, n);
+    let registrar = Registrar::start(&h.dir, h.pbx(PBX2_PORT));
+    let pbx = Sippy::start(&h.dir, h.pbx(PBX1_PORT), registrar.addr, registrar.addr);
+    let admin = format!("{}:9090", h.front_ip());
+    // Probes stay off: Sippy answers OPTIONS outside a dialog with 501.
+    let mut cfg = FrontConfig::new().backend("sippy", h.pbx(PBX1_PORT), Tp::Udp);
+    if registrar_is == RegistrarIs::Backend {
+        cfg = cfg.backend("kamailio", registrar.addr, Tp::Udp);
+    }
+    let cfg = cfg.section(&format!("[admin]\nlisten = \"{admin}\""));
+    h.start_sipfront(&cfg);
+    let domain = h.front_ip().to_string();
+    let phone = |user: &str, sip_port: u16, ctrl_port: u16| {
+        let mut spec = PhoneSpec::new(user, user, &domain, h.front_ip()).transport(tp).outbound(h.sipfront());
+        // baresip listens on sip_port for UDP and TCP and on sip_port + 1 for TLS.
+        spec.sip_port = sip_port;
+        spec.ctrl_port = ctrl_port;
+        Phone::start(spec, &h.dir)
+    };
+    let mut alice = phone("alice", 5070, 4444);
+    let mut bob = phone("bob", 5074, 4445);
+    alice.wait_registered(WAIT);
+    bob.wait_registered(WAIT);
+    // Both REGISTERs reached the registrar by way of the B2BUA's proxy, each with sipfront's Path (its flow token
+    // in the user part).
+    let front = h.sipfront().to_string();
+    for user in ["alice", "bob"] {
+        let contact = format!("<sip:{user}");
+        let reg = registrar.expect(WAIT, &format!("REGISTER of {user}"), |l| {
+            l.is_method("REGISTER") && l.field("contact").is_some_and(|c| c.starts_with(&contact))
+        });
+        assert_eq!(reg.field("src"), Some(pbx.addr.to_string().as_str()), "relayed by the B2BUA: {}", reg.line);
+        let path = reg.field("path").unwrap_or_default();
+        assert!(path.contains(&format!("@{front};lr")), "sipfront's Path with its flow token: {}", reg.line);
+    }
+    Rig { alice, bob, pbx, registrar, admin, domain, h }
+}
+
+impl Rig {
+    fn uri(&self, user: &str) -> String {
+        format!("sip:{user}@{}", self.domain)
+    }
+
+    /// alice dials bob; bob's phone rings and alice hears it ringing. The call as the PBX bridged it.
+    fn ring(&mut self) -> Bridged {
+        let uri = self.uri("bob");
+        self.alice.dial(&uri);
+        let incoming = self.bob.wait_event("CALL_INCOMING", WAIT);
+        self.alice.wait_event("CALL_RINGING", WAIT);
+        let call = self.bridged();
+        assert_ne!(call.incoming, call.outgoing.clone().unwrap_or_default(), "each leg has its own Call-ID");
+        assert_eq!(incoming.call, call.outgoing.clone().unwrap_or_default(), "bob got the B2BUA's B leg");
+        call
+    }
+
+    /// The latest call the B2BUA took, once its log shows both legs' INVITEs (it writes the log from a thread).
+    fn bridged(&self) -> Bridged {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let calls = self.pbx.calls();
+            if let Some(c) = calls.last().filter(|c| c.outgoing.is_some()) {
+                return c.clone();
+            }
+            assert!(Instant::now() < deadline, "the B2BUA bridged no call: {calls:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`Rig::ring`], then bob answers: both phones established, RTP both ways at each.
+    fn answer(&mut self) -> Bridged {
+        let call = self.ring();
+        self.bob.accept();
+        let a = self.alice.wait_event("CALL_ESTABLISHED", WAIT);
+        let b = self.bob.wait_event("CALL_ESTABLISHED", WAIT);
+        assert_eq!(a.call, call.incoming, "alice's call is the B2BUA's A leg");
+        assert_eq!(b.call, call.outgoing.clone().unwrap_or_default());
+        let (ra, rb) = (self.alice.wait_rtp(WAIT, Default::default()), self.bob.wait_rtp(WAIT, Default::default()));
+        // Media flows phone to phone (the B2BUA passes SDP through): each has sent and received.
+        assert!(ra.sent > 0 && ra.received > 0 && rb.sent > 0 && rb.received > 0, "RTP {ra:?} {rb:?}");
+        call
+    }
+
+    /// Both phones saw the call close and hold no call; the B2BUA ended both legs as expected; sipfront answered
+    /// nothing with 482, 481 or 408. What each phone's CALL_CLOSED said (alice, bob).
+    fn assert_ended(&mut self, call: &Bridged, want: (LegEnd, LegEnd)) -> (String, String) {
+        let a = self.alice.wait_event("CALL_CLOSED", WAIT);
+        let b = self.bob.try_wait_event("CALL_CLOSED", WAIT);
+        self.alice.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
+        self.bob.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
+        let ends = self.pbx.wait_legs_end(call, Instant::now() + WAIT);
+        assert_eq!(ends, (Some(want.0), Some(want.1)), "how the B2BUA's legs (A, B) of {call:?} ended");
+        assert_front_clean(&self.admin);
+        (a.param, b.map(|e| e.param).unwrap_or_default())
+    }
+}
+
+/// sipfront's count of final responses with `code` (every `origin`), 0 when never counted.
+fn final_responses(admin: &str, code: u16) -> f64 {
+    let (status, text) = http_exchange(admin, "GET", "/metrics", None, "").expect("sipfront's admin API answers");
+    assert_eq!(status, 200, "{text}");
+    let label = format!("code=\"{code}\"");
+    text.lines()
+        .filter(|l| l.starts_with("sipfront_final_responses_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// No 482 (a spiral taken for a loop), 481 (a request lost its dialog or transaction) or 408 from sipfront; the
+/// counter is there (it counted the 200s to the REGISTERs), so a missing sample is a code never sent.
+fn assert_front_clean(admin: &str) {
+    assert!(final_responses(admin, 200) >= 2.0, "sipfront_final_responses_total counts the 200s sipfront relayed");
+    for code in [482, 481, 408] {
+        assert_eq!(final_responses(admin, code), 0.0, "sipfront sent {code}s");
+    }
+}
+
+fn call_caller_hangs_up(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs) {
+    let mut r = rig_with(name, n, tp, registrar_is);
+    let call = r.answer();
+    r.alice.hangup();
+    r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
+    let b_leg = call.outgoing.clone().unwrap_or_default();
+    // bob sent its 200 once: the B2BUA's ACK came back to it through Kamailio and sipfront.
+    assert_eq!(r.bob.sent_responses(200, "INVITE", &b_leg), 1, "bob retransmitted its 200 OK: no ACK reached it");
+    // Kamailio Record-Routed bob's side: the B leg's INVITE, ACK and BYE all passed it.
+    for m in ["INVITE", "ACK", "BYE"] {
+        r.registrar.expect(WAIT, &format!("{m} of the B leg"), |l| l.is_request(m, &b_leg));
+    }
+    assert!(
+        r.pbx
+            .messages()
+            .iter()
+            .all(|m| m.msg.header("Call-ID") != Some(&call.incoming) || m.peer.contains(&r.h.sipfront().to_string())),
+        "the A leg went to sipfront only"
+    );
+}
+
+#[test]
+fn udp_call_media_both_ways_caller_hangs_up() {
+    call_caller_hangs_up("sippy_caller_bye", 230, SipTransport::Udp, RegistrarIs::Backend);
+}
+
+#[test]
+fn tcp_call_media_both_ways_caller_hangs_up() {
+    call_caller_hangs_up("sippy_tcp_caller_bye", 235, SipTransport::Tcp, RegistrarIs::Backend);
+}
+
+/// The B leg's in-dialog requests come from an address sipfront does not know, following its own Record-Route
+/// (`;d=` token): they reach bob as the INVITE did.
+#[test]
+fn udp_call_through_a_registrar_sipfront_does_not_list() {
+    call_caller_hangs_up("sippy_unlisted_registrar", 236, SipTransport::Udp, RegistrarIs::Unlisted);
+}
+
+#[test]
+fn udp_call_callee_hangs_up() {
+    let mut r = rig("sippy_callee_bye", 231, SipTransport::Udp);
+    let call = r.answer();
+    r.bob.hangup();
+    r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
+    // alice got the B2BUA's BYE of the A leg (not bob's own BYE back).
+    let byes: Vec<_> = r.alice.sip_trace().into_iter().filter(|t| !t.sent && t.msg.method() == Some("BYE")).collect();
+    assert!(!byes.is_empty(), "alice got no BYE");
+    assert!(byes.iter().all(|t| t.msg.header("Call-ID") == Some(&call.incoming)), "alice's BYEs: {byes:?}");
+    let to_bob = r.bob.sip_trace().into_iter().filter(|t| !t.sent && t.msg.method() == Some("BYE")).count();
+    assert_eq!(to_bob, 0, "bob's own BYE came back to bob");
+}
+
+#[test]
+fn udp_cancel_before_answer() {
+    let mut r = rig("sippy_cancel", 232, SipTransport::Udp);
+    let call = r.ring();
+    r.alice.hangup();
+    let (_, b) = r.assert_ended(&call, (LegEnd::Failed(487), LegEnd::Failed(487)));
+    assert!(!r.bob.events().iter().any(|e| e.kind == "CALL_ESTABLISHED"), "bob never answered: {b}");
+    let b_leg = call.outgoing.clone().unwrap_or_default();
+    r.registrar.expect(WAIT, "the B leg's CANCEL", |l| l.is_request("CANCEL", &b_leg));
+}
+
+#[test]
+fn udp_busy_callee_486_reaches_caller() {
+    let mut r = rig("sippy_busy", 233, SipTransport::Udp);
+    let call = r.ring();
+    r.bob.hangup(); // rejects the ringing call with 486
+    let (a, _) = r.assert_ended(&call, (LegEnd::Failed(486), LegEnd::Failed(486)));
+    assert!(a.contains("486"), "alice's call closed with: {a}");
+}
+
+#[test]
+fn udp_call_to_unregistered_user_gets_the_pbx_answer() {
+    let mut r = rig("sippy_nouser", 234, SipTransport::Udp);
+    let uri = r.uri("nobody");
+    r.alice.dial(&uri);
+    let closed = r.alice.wait_event("CALL_CLOSED", WAIT);
+    // Kamailio found no binding and said 404; the B2BUA passed it to its A leg, sipfront to alice.
+    assert!(closed.param.contains("404"), "alice's call closed with: {}", closed.param);
+    assert!(r.registrar.log_text().contains("B2B-NOUSER ru=sip:nobody@"), "Kamailio looked nobody up");
+    let call = r.bridged();
+    let ends = r.pbx.wait_legs_end(&call, Instant::now() + WAIT);
+    assert_eq!(ends, (Some(LegEnd::Failed(404)), Some(LegEnd::Failed(404))), "the B2BUA's legs of {call:?}");
+    r.alice.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.bob.count_events("CALL_INCOMING"), 0, "bob was not called");
+    assert_front_clean(&r.admin);
+}
