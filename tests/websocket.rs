@@ -76,7 +76,8 @@ async fn call_and_hang_up<S: AsyncRead + AsyncWrite + Unpin>(
     let rr = values(&inv, HeaderName::RecordRoute);
     assert_eq!(rr.len(), 2, "transport changes: double Record-Route {rr:?}");
     assert!(rr[0].starts_with(&format!("<sip:127.0.0.1:{};d=", n.udp.port())), "{rr:?}");
-    assert!(rr[1].starts_with(&format!("<sip:127.0.0.1:{port};transport={lower};ft=")), "{rr:?}");
+    // RFC 7118 §5.2: the URI parameter is `ws` for WSS too.
+    assert!(rr[1].starts_with(&format!("<sip:127.0.0.1:{port};transport=ws;ft=")), "{rr:?}");
     let contact = format!("<sip:bob@{}>", pbx.local_addr().unwrap());
     let mut ok = ResponseBuilder::new(&inv, 200, "OK").to_tag(b"pbx").header("Contact", contact.as_bytes());
     for r in &rr {
@@ -146,7 +147,7 @@ async fn pbx_calls_the_client<S: AsyncRead + AsyncWrite + Unpin>(
     let vias = values(&inv, HeaderName::Via);
     assert!(vias[0].starts_with(&format!("SIP/2.0/{tp} 127.0.0.1:{port};")), "{vias:?}");
     let rr = values(&inv, HeaderName::RecordRoute);
-    assert!(rr.iter().any(|r| r.contains(&format!(";transport={lower};"))), "the client-facing entry: {rr:?}");
+    assert!(rr.iter().any(|r| r.contains(";transport=ws;")), "the client-facing entry (`ws` for WSS too): {rr:?}");
     peer.send(&ResponseBuilder::new(&inv, 486, "Busy Here").to_tag(b"busy").build()).await;
     pbx_acks_final(pbx, n.udp, &invite, 486).await;
 }

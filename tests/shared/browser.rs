@@ -67,11 +67,17 @@ pub struct Browser {
 impl Browser {
     /// Start Chromium on `url` with a DevTools port of its choosing on loopback (read back from its profile).
     pub fn open(label: &str, url: &str) -> Browser {
+        Browser::open_with(label, url, &[])
+    }
+
+    /// [`Browser::open`] with more Chromium flags (a fake microphone for WebRTC, say).
+    pub fn open_with(label: &str, url: &str, extra_args: &[&str]) -> Browser {
         let profile = tempdir(&format!("{label}-chromium"));
         let mut cmd = Command::new("timeout");
         // A bound for when the test itself is killed before it can clean up.
         cmd.args(["-s", "KILL", "300"]).arg(chromium());
         headless_args(&mut cmd, &profile);
+        cmd.args(extra_args);
         cmd.args(["--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]).arg(url).stdout(Stdio::null());
         let mut proc = Proc::spawn(label, cmd);
         let port_file = profile.join("DevToolsActivePort");
