@@ -9,6 +9,8 @@
 //!                         └──────────── responses, routed back by the Via stack ◄──────────┘
 //!  sip/           pure parsing and building, used by every layer
 //!  config/        the TOML file, validated once
+//!  guard/         flood and scanner protection: per-source rate limits, bans (replicated), User-Agent rules;
+//!                 every message passes it before the proxy parses it
 //!  routing/       the backend list and the policy that picks one
 //!  health/        OPTIONS probes and each backend's up/down state; flips are events routing subscribes to
 //!  dialog/        the dialog table: every call's current home backend, re-homed when its PBX fails
@@ -34,6 +36,7 @@ pub mod dialog;
 pub mod error;
 pub mod events;
 pub mod failover;
+pub mod guard;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -154,7 +154,7 @@ fn main() -> ExitCode {
             match rt.block_on(run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    // Once: the log is on stderr too.
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }

@@ -32,6 +32,7 @@ pub const CLUSTER_EVENTS_DROPPED: &str = "sipfront_cluster_events_dropped_total"
 pub const CLUSTER_EVENTS: &str = "sipfront_cluster_events_total";
 pub const CLUSTER_BATCHES: &str = "sipfront_cluster_batches_total";
 pub const CLUSTER_BAD_FRAMES: &str = "sipfront_cluster_bad_frames_total";
+pub const CLUSTER_CONNS_REFUSED: &str = "sipfront_cluster_connections_refused_total";
 pub const CLUSTER_ROLE: &str = "sipfront_cluster_is_leader";
 pub const CLUSTER_TERM: &str = "sipfront_cluster_term";
 pub const CLUSTER_LEADER: &str = "sipfront_cluster_leader_id";
@@ -53,9 +54,18 @@ pub const FAILOVER_EVENTS: &str = "sipfront_failover_events_total";
 pub const FAILOVER_DURATION: &str = "sipfront_failover_duration_seconds";
 pub const BACKEND_DRAINED: &str = "sipfront_backend_drained";
 pub const ADMIN_UNAUTHORIZED: &str = "sipfront_admin_unauthorized_total";
+pub const ADMIN_CONNS_REFUSED: &str = "sipfront_admin_connections_refused_total";
+pub const ADMIN_CONNS_CLOSED: &str = "sipfront_admin_connections_closed_total";
 pub const FINAL_RESPONSES: &str = "sipfront_final_responses_total";
 pub const NO_BACKEND: &str = "sipfront_no_backend_total";
 pub const LOOPS: &str = "sipfront_loops_detected_total";
+pub const RELAY_REFUSED: &str = "sipfront_relay_refused_total";
+pub const RESPONSES_DROPPED: &str = "sipfront_responses_dropped_total";
+pub const GUARD_DROPPED: &str = "sipfront_guard_dropped_total";
+pub const GUARD_BANS: &str = "sipfront_guard_bans_total";
+pub const GUARD_BANS_ACTIVE: &str = "sipfront_guard_bans_active";
+pub const GUARD_SOURCES: &str = "sipfront_guard_sources";
+pub const GUARD_EVICTED: &str = "sipfront_guard_evicted_total";
 
 /// A final response's code as a metric label: the codes RFC 3261 §21 and its extensions name, else the class, so
 /// a peer sending odd codes cannot grow the series without bound.
@@ -130,7 +140,14 @@ pub fn describe() {
     describe_counter!(CLUSTER_EVENTS_DROPPED, "Table changes not replicated: the journal queue was full");
     describe_counter!(CLUSTER_EVENTS, "Table changes proposed to the cluster (leader) or applied (followers), by side");
     describe_counter!(CLUSTER_BATCHES, "Raft log entries of table changes, by side (proposed, applied)");
-    describe_counter!(CLUSTER_BAD_FRAMES, "Peer frames dropped: bad HMAC, bad length or undecodable, by reason");
+    describe_counter!(
+        CLUSTER_BAD_FRAMES,
+        "Peer frames dropped, by reason: header, length, mac, decode; timeout: a connection sent nothing valid in time"
+    );
+    describe_counter!(
+        CLUSTER_CONNS_REFUSED,
+        "Cluster-port connections closed at accept, by reason (total, per_source: that many were open)"
+    );
     describe_gauge!(CLUSTER_ROLE, "1 on the Raft leader (the active node), else 0");
     describe_gauge!(CLUSTER_TERM, "Current Raft term");
     describe_gauge!(CLUSTER_LEADER, "Node id of the current leader, 0 when none is known");
@@ -155,13 +172,38 @@ pub fn describe() {
     metrics::describe_histogram!(FAILOVER_DURATION, "How long a failover event took (VIP gap, switchover), by kind");
     describe_gauge!(BACKEND_DRAINED, "1 while a backend is drained (no new calls), by backend");
     describe_counter!(ADMIN_UNAUTHORIZED, "Admin API requests refused for a missing or wrong bearer token");
+    describe_counter!(ADMIN_CONNS_REFUSED, "Admin connections closed at accept: admin.max_connections were open");
+    describe_counter!(
+        ADMIN_CONNS_CLOSED,
+        "Admin connections closed by us, by reason (header_timeout, idle: admin.header_timeout, admin.idle_timeout)"
+    );
     describe_counter!(
         FINAL_RESPONSES,
         "Final responses sent toward the requester, by code and origin (local: sipfront's own; relayed)"
     );
     describe_counter!(NO_BACKEND, "Requests answered 503 at once because no backend is up, by method");
     describe_counter!(LOOPS, "Requests refused 482 because they came back to sipfront unchanged (a routing loop)");
+    describe_counter!(
+        RELAY_REFUSED,
+        "Requests refused because their next hop is no backend, no registered phone and not in routing.relay_allow, \
+         by reason (route, unknown_dialog)"
+    );
+    describe_counter!(
+        RESPONSES_DROPPED,
+        "Responses dropped instead of relayed: not through us, or a branch we did not make, by reason"
+    );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe_counter!(
+        GUARD_DROPPED,
+        "Messages dropped unanswered by the guard, by reason (banned, rate, register_rate, initial_rate, user_agent)"
+    );
+    describe_counter!(GUARD_BANS, "Source addresses banned, by reason (rate, user_agent)");
+    describe_gauge!(GUARD_BANS_ACTIVE, "Source addresses banned now (replicated bans included)");
+    describe_gauge!(GUARD_SOURCES, "Source addresses the guard tracks rates for (security.max_sources at most)");
+    describe_counter!(
+        GUARD_EVICTED,
+        "Guard entries forgotten early because a table was full, by table (sources, bans)"
+    );
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ struct ProxyPbx {
     path: Option<String>,
     contact: Option<String>,
     seq: u32,
+    /// Whether it Record-Routes itself (Kamailio's `record_route()`); without, in-dialog requests skip it.
+    record_route: bool,
 }
 
 impl ProxyPbx {
@@ -50,9 +52,11 @@ impl ProxyPbx {
             let method = String::from_utf8_lossy(req.method_bytes()).into_owned();
             lines[0] = format!("{method} {contact} SIP/2.0");
             lines.insert(1, format!("Route: {}", self.path.clone().expect("a Path")));
-            lines.insert(1, format!("Record-Route: {}", self.my_route()));
+            if self.record_route {
+                lines.insert(1, format!("Record-Route: {}", self.my_route()));
+            }
         }
-        if in_dialog {
+        if in_dialog && self.record_route {
             // Loose routing: the top Route is ours; drop it (one value, on its own line or first in a list).
             let mine = self.my_route();
             let at = lines.iter().position(|l| l.starts_with("Route:")).expect("our Route");
@@ -163,7 +167,8 @@ async fn spiral_call(n: &Node, pbx: &mut ProxyPbx, alice: &UdpSocket, bob: &UdpS
     let (inv2, from) = expect(bob, "the spiraled INVITE at bob", is("INVITE")).await;
     assert_eq!(from, n.udp, "bob is reached through sipfront");
     let bob_routes = values_of(&inv2, HeaderName::RecordRoute);
-    assert_eq!(bob_routes.len(), 3, "sipfront, the PBX, sipfront again: {bob_routes:?}");
+    let want = if pbx.record_route { 3 } else { 2 };
+    assert_eq!(bob_routes.len(), want, "sipfront, the PBX (if it Record-Routes), sipfront again: {bob_routes:?}");
     let (tag, contact) = (format!("bo{id}"), format!("<sip:bob@{b}>"));
     let mut ok = ResponseBuilder::new(&inv2, 200, "OK").to_tag(tag.as_bytes());
     for r in &bob_routes {
@@ -184,11 +189,14 @@ async fn spiral_call(n: &Node, pbx: &mut ProxyPbx, alice: &UdpSocket, bob: &UdpS
         bob_routes,
         alice_contact: format!("sip:alice@{a}"),
     };
-    // The end-to-end ACK spirals too, and must reach bob.
+    // The end-to-end ACK spirals too (or, past a PBX that does not Record-Route, crosses both our passes at
+    // once), and must reach bob.
     let ack = in_dialog("ACK", &call.bob_contact, &call.alice_routes, &call.alice_from, &call.alice_to, id, 1);
     alice.send_to(&ack, n.udp).await.unwrap();
-    let (ack1, _) = expect(&pbx.sock, "ACK at the PBX", is("ACK")).await;
-    pbx.relay_request(&ack1, n.udp).await;
+    if pbx.record_route {
+        let (ack1, _) = expect(&pbx.sock, "ACK at the PBX", is("ACK")).await;
+        pbx.relay_request(&ack1, n.udp).await;
+    }
     expect(bob, "the spiraled ACK at bob", is("ACK")).await;
     call
 }
@@ -196,7 +204,7 @@ async fn spiral_call(n: &Node, pbx: &mut ProxyPbx, alice: &UdpSocket, bob: &UdpS
 /// alice's BYE passes sipfront twice and reaches bob; bob's 200 comes back to her; the dialog table empties.
 #[tokio::test]
 async fn a_spiraled_call_is_acked_and_ended_by_the_caller() {
-    let mut pbx = ProxyPbx { sock: udp_socket().await, path: None, contact: None, seq: 0 };
+    let mut pbx = ProxyPbx { sock: udp_socket().await, path: None, contact: None, seq: 0, record_route: true };
     let n = node(&backend("pbx", "udp", pbx.addr(), 1), "").await;
     let (alice, bob) = (udp_socket().await, udp_socket().await);
     let c = spiral_call(&n, &mut pbx, &alice, &bob, "spiral-1").await;
@@ -221,7 +229,7 @@ async fn a_spiraled_call_is_acked_and_ended_by_the_caller() {
 /// bob's BYE passes sipfront twice and reaches alice, not bob himself.
 #[tokio::test]
 async fn a_spiraled_call_is_ended_by_the_callee() {
-    let mut pbx = ProxyPbx { sock: udp_socket().await, path: None, contact: None, seq: 0 };
+    let mut pbx = ProxyPbx { sock: udp_socket().await, path: None, contact: None, seq: 0, record_route: true };
     let n = node(&backend("pbx", "udp", pbx.addr(), 1), "").await;
     let (alice, bob) = (udp_socket().await, udp_socket().await);
     let c = spiral_call(&n, &mut pbx, &alice, &bob, "spiral-2").await;
@@ -342,4 +350,71 @@ up_after = 1
     let addr_of = |t| server.local_addrs().into_iter().find(|(tt, _)| *tt == t).unwrap().1;
     let (udp, tcp) = (addr_of(sipfront::transport::Transport::Udp), addr_of(sipfront::transport::Transport::Tcp));
     Node { server, udp, tcp }
+}
+
+/// A PBX that routes calls along our Path but does not Record-Route: in-dialog requests carry both our entries
+/// back to back and skip the PBX; they must still reach the other phone, from either side.
+#[tokio::test]
+async fn past_a_pbx_that_does_not_record_route_both_phones_are_reached() {
+    let mut pbx = ProxyPbx { sock: udp_socket().await, path: None, contact: None, seq: 0, record_route: false };
+    let n = node(&backend("pbx", "udp", pbx.addr(), 1), "").await;
+    let (alice, bob) = (udp_socket().await, udp_socket().await);
+    let c = spiral_call(&n, &mut pbx, &alice, &bob, "norr-1").await;
+    let bye = in_dialog("BYE", &c.alice_contact, &c.bob_routes, &c.alice_to, &c.alice_from, &c.call_id, 1);
+    bob.send_to(&bye, n.udp).await.unwrap();
+    let (bye2, _) = expect(&alice, "bob's BYE at alice", is("BYE")).await;
+    alice.send_to(&ResponseBuilder::new(&bye2, 200, "OK").build(), n.udp).await.unwrap();
+    expect(&bob, "200 to his BYE at bob", status(200)).await;
+    assert!(n.server.proxy.dialogs.is_empty());
+    quiet(&pbx.sock, "the PBX is skipped in the dialog").await;
+    n.server.shutdown().await;
+}
+
+/// A bridging PBX (a backend) whose outgoing leg goes to a registrar elsewhere (not a backend), which reaches bob
+/// along our Path: that registrar's ACK and BYE of the call reach bob, and bob's BYE goes to the PBX.
+#[tokio::test]
+async fn a_registrar_that_is_no_backend_reaches_the_phone_along_our_path() {
+    let pbx = udp_socket().await;
+    let n = node(&backend("pbx", "udp", pbx.local_addr().unwrap(), 1), "").await;
+    let (registrar, bob) = (udp_socket().await, udp_socket().await);
+    let (r, b, p) = (registrar.local_addr().unwrap(), bob.local_addr().unwrap(), pbx.local_addr().unwrap());
+    let reg = format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {b};branch=z9hG4bKregx;rport\r\n\
+         From: <sip:bob@127.0.0.1>;tag=rbx\r\nTo: <sip:bob@127.0.0.1>\r\nCall-ID: regx\r\nCSeq: 1 REGISTER\r\n\
+         Contact: <sip:bob@{b}>\r\nExpires: 600\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    bob.send_to(reg.as_bytes(), n.udp).await.unwrap();
+    let (register, from) = expect(&pbx, "REGISTER at the PBX", is("REGISTER")).await;
+    let path = values_of(&register, HeaderName::Path).join(", ");
+    pbx.send_to(&ResponseBuilder::new(&register, 200, "OK").to_tag(b"r").build(), from).await.unwrap();
+    expect(&bob, "200 to REGISTER", status(200)).await;
+    // The registrar (elsewhere) sends the PBX's B leg to bob along the Path.
+    let invite = format!(
+        "INVITE sip:bob@{b} SIP/2.0\r\nVia: SIP/2.0/UDP {r};branch=z9hG4bKbleg1\r\n\
+         Via: SIP/2.0/UDP {p};branch=z9hG4bKpbxleg1\r\nRoute: {path}\r\nFrom: <sip:pbx@{p}>;tag=pb\r\n\
+         To: <sip:bob@127.0.0.1>\r\nCall-ID: bleg\r\nCSeq: 1 INVITE\r\nContact: <sip:pbx@{p}>\r\n\
+         Max-Forwards: 69\r\nContent-Length: 0\r\n\r\n"
+    );
+    registrar.send_to(invite.as_bytes(), n.udp).await.unwrap();
+    let (inv, _) = expect(&bob, "the B leg at bob", is("INVITE")).await;
+    let rr = values_of(&inv, HeaderName::RecordRoute);
+    let mut ok = ResponseBuilder::new(&inv, 200, "OK").to_tag(b"bb");
+    for v in &rr {
+        ok = ok.header("Record-Route", v.as_bytes());
+    }
+    let contact = format!("<sip:bob@{b}>");
+    bob.send_to(&ok.header("Contact", contact.as_bytes()).build(), n.udp).await.unwrap();
+    let (ok, _) = expect(&registrar, "200 at the registrar", status(200)).await;
+    let routes: Vec<String> = values_of(&ok, HeaderName::RecordRoute).into_iter().rev().collect();
+    let (from, to) = ("<sip:pbx@".to_owned() + &p.to_string() + ">;tag=pb", "<sip:bob@127.0.0.1>;tag=bb".to_owned());
+    for (method, cseq) in [("ACK", 1), ("BYE", 2)] {
+        let mut req =
+            String::from_utf8_lossy(&in_dialog(method, &format!("sip:bob@{b}"), &routes, &from, &to, "bleg", cseq))
+                .into_owned();
+        req = req.replacen(&format!("Via: SIP/2.0/UDP {p};"), &format!("Via: SIP/2.0/UDP {r};"), 1);
+        registrar.send_to(req.as_bytes(), n.udp).await.unwrap();
+        expect(&bob, &format!("the registrar's {method} at bob"), is(method)).await;
+    }
+    assert_eq!(n.server.proxy.stats.snapshot().relay_refused, 0);
+    n.server.shutdown().await;
 }

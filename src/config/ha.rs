@@ -74,6 +74,15 @@ pub struct DialogConfig {
     /// A dialog without any request for this long is dropped (in-dialog requests still route by token).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Dialogs held at once for calls from one source IP address (backends are exempt); past it that source's new
+    /// INVITEs get 503 with Retry-After while everyone else's go on. An office behind one NAT address needs its
+    /// number of phones times the calls each holds.
+    #[serde(default = "default_max_dialogs_per_source")]
+    pub max_per_source: usize,
+    /// A confirmed dialog whose 2xx no ACK followed within this is dropped (RFC 3261 timer H is 64*T1): a caller
+    /// that never ACKs never holds a place in the table for long.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: ConfigDuration,
 }
 
 fn default_max_dialogs() -> usize {
@@ -85,6 +94,12 @@ fn default_max_call_duration() -> ConfigDuration {
 fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration::secs(2 * 3600)
 }
+fn default_max_dialogs_per_source() -> usize {
+    2_000
+}
+fn default_ack_timeout() -> ConfigDuration {
+    ConfigDuration::secs(32)
+}
 
 impl Default for DialogConfig {
     fn default() -> Self {
@@ -92,6 +107,8 @@ impl Default for DialogConfig {
             max: default_max_dialogs(),
             max_call_duration: default_max_call_duration(),
             idle_timeout: default_idle_timeout(),
+            max_per_source: default_max_dialogs_per_source(),
+            ack_timeout: default_ack_timeout(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! This module only reads and checks; it never opens a socket.
 
 mod admin;
+mod cidr;
 mod cluster;
 mod duration;
 mod failover;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use admin::AdminConfig;
+pub use cidr::Cidr;
 pub use cluster::{ClusterConfig, PeerConfig, VipConfig, VipMode};
 pub use duration::{parse_duration, ConfigDuration};
 pub use failover::{AwsConfig, AwsVipConfig, AwsVipMethod, VolumeConfig, VolumeMode};
@@ -125,6 +127,39 @@ impl std::fmt::Display for Policy {
 pub struct RoutingConfig {
     #[serde(default)]
     pub policy: Policy,
+    /// Where else than the backends and registered phones sipfront may send a request (default: nowhere). Each
+    /// entry is an address block (`"203.0.113.0/24"`, one address) or a host name; a host name listed here is the
+    /// only kind sipfront ever resolves by DNS on the call path. A request whose next hop is outside this list,
+    /// the backends and the phones' flows is refused 403 (`sipfront_relay_refused_total`).
+    #[serde(default)]
+    pub relay_allow: Vec<String>,
+}
+
+impl RoutingConfig {
+    /// The address blocks of `relay_allow`.
+    pub fn relay_nets(&self) -> Vec<Cidr> {
+        self.relay_allow.iter().filter_map(|e| e.parse().ok()).collect()
+    }
+
+    /// The host names of `relay_allow` (entries that are not address blocks), lower-cased.
+    pub fn relay_hosts(&self) -> Vec<String> {
+        self.relay_allow.iter().filter(|e| e.parse::<Cidr>().is_err()).map(|e| e.trim().to_ascii_lowercase()).collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (i, e) in self.relay_allow.iter().enumerate() {
+            let key = format!("routing.relay_allow[{i}]");
+            let looks_like_address = e.contains('/') || e.trim().parse::<std::net::IpAddr>().is_ok();
+            if looks_like_address {
+                e.parse::<Cidr>().map_err(|r| invalid(&key, r))?;
+            } else if e.trim().is_empty()
+                || !e.trim().chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            {
+                return Err(invalid(key, format!("`{e}` is neither an address block nor a host name")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[timers]`: RFC 3261 §17 timers. B, F, H, J, L and M are 64*T1, as in the RFC.
@@ -391,6 +426,19 @@ impl Config {
         if let Some(c) = h.ok_codes.iter().find(|c| !(100..=699).contains(*c)) {
             return Err(invalid("health.ok_codes", format!("{c} is not a SIP status code")));
         }
+        if self.sip.max_transactions == 0 {
+            return Err(invalid("sip.max_transactions", "must be at least 1"));
+        }
+        // A per-source cap above the total one just means the total one applies first.
+        if self.sip.max_transactions_per_source == 0 {
+            return Err(invalid("sip.max_transactions_per_source", "must be at least 1"));
+        }
+        if self.dialogs.max_per_source == 0 {
+            return Err(invalid("dialogs.max_per_source", "must be at least 1"));
+        }
+        if self.dialogs.ack_timeout.get().is_zero() {
+            return Err(invalid("dialogs.ack_timeout", "must be above zero"));
+        }
         if self.dialogs.max == 0 {
             return Err(invalid("dialogs.max", "must be at least 1"));
         }
@@ -412,6 +460,7 @@ impl Config {
         }
         self.aws.validate()?;
         self.volume.validate()?;
+        self.routing.validate()?;
         self.admin.validate()?;
         self.security.validate()?;
         if self.volume.mode != VolumeMode::None && self.cluster.is_none() {

@@ -223,6 +223,24 @@ fn bad_values_name_the_key_and_reason() {
         ("[[backend]]", "[timers]\nt1 = \"500\"\n[[backend]]", "no unit"),
         ("[[backend]]", "[timers]\nt1 = \"1s\"\nt2 = \"500ms\"\n[[backend]]", "timers.t2"),
         ("[[backend]]", "[routing]\npolicy = \"random\"\n[[backend]]", "unknown variant `random`"),
+        (
+            "[[backend]]",
+            "[routing]\nrelay_allow = [\"10.0.0.0/40\"]\n[[backend]]",
+            "routing.relay_allow[0]: `10.0.0.0/40`: prefix over 32",
+        ),
+        (
+            "[[backend]]",
+            "[routing]\nrelay_allow = [\"a b\"]\n[[backend]]",
+            "routing.relay_allow[0]: `a b` is neither an address block nor a host name",
+        ),
+        ("advertise = \"127.0.0.1\"", "advertise = \"127.0.0.1\"\nmax_transactions = 0", "sip.max_transactions: must"),
+        (
+            "advertise = \"127.0.0.1\"",
+            "advertise = \"127.0.0.1\"\nmax_transactions_per_source = 0",
+            "sip.max_transactions_per_source: must be at least 1",
+        ),
+        ("[[backend]]", "[dialogs]\nmax_per_source = 0\n[[backend]]", "dialogs.max_per_source: must be at least 1"),
+        ("[[backend]]", "[dialogs]\nack_timeout = \"0s\"\n[[backend]]", "dialogs.ack_timeout: must be above zero"),
     ];
     for (from, to, want) in cases {
         assert!(MINIMAL.contains(from), "{from}");

@@ -75,6 +75,14 @@ pub struct SipConfig {
     /// within this, else the connection is closed (slowloris).
     #[serde(default = "default_message_timeout")]
     pub message_timeout: ConfigDuration,
+    /// Proxy transactions alive at once (each ~10 KB while it waits on a backend); one more request is answered
+    /// 503 with Retry-After. A silent PBX under a flood holds every INVITE for timer B (32 s): this is the bound.
+    #[serde(default = "default_max_transactions")]
+    pub max_transactions: usize,
+    /// Proxy transactions alive at once from one source IP address (backends are exempt). An office of 200
+    /// phones behind one NAT address uses a few each at most.
+    #[serde(default = "default_max_transactions_per_source")]
+    pub max_transactions_per_source: usize,
     /// Max-Forwards written into requests that arrive without one.
     #[serde(default = "default_max_forwards")]
     pub max_forwards: u32,
@@ -98,6 +106,12 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_source() -> usize {
     256
+}
+fn default_max_transactions() -> usize {
+    20_000
+}
+fn default_max_transactions_per_source() -> usize {
+    1_000
 }
 fn default_message_timeout() -> ConfigDuration {
     ConfigDuration::secs(10)

@@ -52,6 +52,11 @@ pub struct Dialog {
     /// Highest CSeq seen from the caller and from the callee.
     pub caller_cseq: u32,
     pub callee_cseq: u32,
+    /// The caller's address counted against `dialogs.max_per_source` (a call from a phone; `None` for a call from
+    /// a backend).
+    pub source: Option<std::net::IpAddr>,
+    /// An ACK followed the 2xx (or the dialog came through replication, where that is not known).
+    pub acked: bool,
     /// Seconds since the table's epoch.
     pub created: u32,
     pub confirmed: u32,
@@ -77,6 +82,9 @@ pub struct NewDialog {
 #[derive(Debug)]
 pub struct DialogTable {
     map: DashMap<DialogId, Dialog>,
+    /// Dialogs per caller address (calls from phones only), for `dialogs.max_per_source`. An entry goes when its
+    /// count drops to zero, so the map never outgrows the table.
+    per_source: DashMap<std::net::IpAddr, u32>,
     /// Cheap count for the cap and the gauge; DashMap::len walks every shard.
     count: AtomicUsize,
     epoch: Instant,
@@ -105,6 +113,7 @@ impl DialogTable {
     pub fn with_journal(journal: Journal) -> DialogTable {
         DialogTable {
             map: DashMap::new(),
+            per_source: DashMap::new(),
             count: AtomicUsize::new(0),
             epoch: Instant::now(),
             journal,
@@ -158,6 +167,7 @@ impl DialogTable {
     }
 
     fn insert_if_new(&self, id: DialogId, d: Dialog) {
+        let source = d.source;
         let mut added = false;
         self.map.entry(id).or_insert_with(|| {
             added = true;
@@ -166,15 +176,36 @@ impl DialogTable {
         if added {
             self.count.fetch_add(1, Ordering::Relaxed);
             metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);
+            self.count_source(source, 1);
         }
     }
 
-    fn fresh(&self, state: DialogState, n: &NewDialog) -> Dialog {
+    /// Dialogs held for calls from this address.
+    pub fn count_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_source.get(&ip).map_or(0, |n| *n as usize)
+    }
+
+    fn count_source(&self, ip: Option<std::net::IpAddr>, delta: i32) {
+        let Some(ip) = ip else { return };
+        if delta > 0 {
+            *self.per_source.entry(ip).or_insert(0) += delta.unsigned_abs();
+        } else {
+            self.per_source.remove_if_mut(&ip, |_, n| {
+                *n = n.saturating_sub(delta.unsigned_abs());
+                *n == 0
+            });
+        }
+    }
+
+    fn fresh(&self, id: &DialogId, state: DialogState, n: &NewDialog) -> Dialog {
         let now = self.now();
+        let source = if id.leg() == Leg::FromPhone { n.client.map(|c| c.addr.ip()) } else { None };
         Dialog {
             state,
             home: backend_u16(n.home),
             client: n.client,
+            source,
+            acked: false,
             route_set: None,
             caller_cseq: n.caller_cseq,
             callee_cseq: 0,
@@ -186,7 +217,7 @@ impl DialogTable {
 
     /// A provisional response with a To tag: an early dialog.
     pub fn early(&self, id: DialogId, n: &NewDialog) {
-        let d = self.fresh(DialogState::Early, n);
+        let d = self.fresh(&id, DialogState::Early, n);
         self.insert_if_new(id, d);
     }
 
@@ -208,7 +239,7 @@ impl DialogTable {
             }
             return;
         }
-        let mut d = self.fresh(DialogState::Confirmed, n);
+        let mut d = self.fresh(&id, DialogState::Confirmed, n);
         d.route_set = route_set;
         self.count_call_once(&id);
         if self.journal.enabled() {
@@ -269,6 +300,13 @@ impl DialogTable {
         }
     }
 
+    /// The end-to-end ACK of a dialog's 2xx passed.
+    pub fn acked(&self, id: &DialogId) {
+        if let Some(mut d) = self.map.get_mut(id) {
+            d.acked = true;
+        }
+    }
+
     /// Move one dialog to another backend (its home was found down on the request path).
     pub fn set_home(&self, id: &DialogId, backend: usize) {
         if let Some(mut d) = self.map.get_mut(id) {
@@ -314,9 +352,10 @@ impl DialogTable {
 
     fn remove_quiet(&self, id: &DialogId) -> Option<Dialog> {
         let d = self.map.remove(id).map(|(_, d)| d);
-        if d.is_some() {
+        if let Some(d) = &d {
             self.count.fetch_sub(1, Ordering::Relaxed);
             metrics::gauge!(m::DIALOGS_ACTIVE).decrement(1.0);
+            self.count_source(d.source, -1);
         }
         d
     }
@@ -325,7 +364,10 @@ impl DialogTable {
         let mut gone = 0;
         self.map.retain(|k, d| {
             let k = keep(k, d);
-            gone += usize::from(!k);
+            if !k {
+                gone += 1;
+                self.count_source(d.source, -1);
+            }
             k
         });
         self.count.fetch_sub(gone, Ordering::Relaxed);
@@ -344,13 +386,13 @@ impl DialogTable {
         let now = self.now();
         let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
         let (max_call, idle) = (secs(limits.max_call), secs(limits.idle));
-        let (terminated, early) = (secs(limits.terminated), secs(limits.early));
+        let (terminated, early, unacked) = (secs(limits.terminated), secs(limits.early), secs(limits.unacked));
         self.retain(|id, d| {
             let age = now.saturating_sub(d.created);
             let quiet = now.saturating_sub(d.last_activity);
             let stale = match d.state {
                 DialogState::Early => age >= early,
-                DialogState::Confirmed => false,
+                DialogState::Confirmed => !d.acked && now.saturating_sub(d.confirmed) >= unacked,
                 DialogState::Terminated => quiet >= terminated,
             };
             let keep = age < max_call && quiet < idle && !stale;
@@ -378,10 +420,15 @@ impl DialogTable {
                     // the serving node's).
                     self.calls.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.map.insert(id, d).is_none() {
-                    self.count.fetch_add(1, Ordering::Relaxed);
-                    metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);
+                let source = d.source;
+                match self.map.insert(id, d) {
+                    None => {
+                        self.count.fetch_add(1, Ordering::Relaxed);
+                        metrics::gauge!(m::DIALOGS_ACTIVE).increment(1.0);
+                    }
+                    Some(old) => self.count_source(old.source, -1),
                 }
+                self.count_source(source, 1);
             }
             Event::DialogHome { id, home } => {
                 if let Some(mut d) = self.map.get_mut(&DialogId(id.clone())) {
@@ -418,10 +465,13 @@ impl DialogTable {
     fn dialog_of(&self, r: &DialogRecord) -> Dialog {
         let now = self.now();
         let created = now.saturating_sub(r.age);
+        let from_phone = DialogId(r.id.clone()).leg() == Leg::FromPhone;
         Dialog {
             state: if r.terminated { DialogState::Terminated } else { DialogState::Confirmed },
             home: r.home,
             client: r.client.map(Into::into),
+            source: r.client.filter(|_| from_phone).map(|c| c.addr.ip()),
+            acked: true,
             route_set: r.route_set.clone(),
             caller_cseq: r.caller_cseq,
             callee_cseq: r.callee_cseq,
@@ -457,4 +507,6 @@ pub struct ReapLimits {
     pub terminated: Duration,
     /// An early dialog that was never confirmed (timer C plus 64*T1).
     pub early: Duration,
+    /// A confirmed dialog whose 2xx was never ACKed (`dialogs.ack_timeout`).
+    pub unacked: Duration,
 }

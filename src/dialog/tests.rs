@@ -47,6 +47,8 @@ async fn reaper_and_failed_invite() {
     t.early(DialogId::new(b"c1", b"a", b"c"), &client());
     t.confirm(DialogId::new(b"c2", b"a", b"b"), &client(), None);
     t.confirm(DialogId::new(b"c3", b"a", b"b"), &client(), None);
+    t.acked(&DialogId::new(b"c2", b"a", b"b"));
+    t.acked(&DialogId::new(b"c3", b"a", b"b"));
     assert_eq!(t.remove_early(b"c1"), 2);
     assert_eq!(t.len(), 2);
     let day = Duration::from_secs(86_400);
@@ -55,6 +57,7 @@ async fn reaper_and_failed_invite() {
         idle: Duration::from_secs(100),
         terminated: Duration::from_secs(32),
         early: Duration::from_secs(212),
+        unacked: Duration::from_secs(32),
     };
     tokio::time::advance(Duration::from_secs(40)).await;
     t.touch(&DialogId::new(b"c3", b"a", b"b"), true, 2, true); // BYE sent, never answered
@@ -64,6 +67,7 @@ async fn reaper_and_failed_invite() {
     assert_eq!(t.reap(&limits), 1, "the silent one went after the idle timeout");
     assert!(t.is_empty());
     t.confirm(DialogId::new(b"c4", b"a", b"b"), &client(), None);
+    t.acked(&DialogId::new(b"c4", b"a", b"b"));
     tokio::time::advance(Duration::from_secs(90)).await;
     t.touch(&DialogId::new(b"c4", b"a", b"b"), true, 2, false);
     assert_eq!(
@@ -107,4 +111,31 @@ fn the_two_legs_of_a_spiraled_call_are_two_entries_and_one_call() {
     // A call that passes once: whichever leg a request names, the one that is here is found.
     t.confirm(from_pbx.clone(), &to_bob, None);
     assert_eq!(t.leg_of(b"sp", b"alice", b"bob", Leg::FromPhone), from_pbx);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_2xx_never_acked_is_reaped_after_the_ack_timeout_and_frees_its_source_place() {
+    let t = DialogTable::new();
+    let limits = ReapLimits {
+        max_call: Duration::from_secs(86_400),
+        idle: Duration::from_secs(7200),
+        terminated: Duration::from_secs(32),
+        early: Duration::from_secs(212),
+        unacked: Duration::from_secs(32),
+    };
+    let (never, acked) = (DialogId::new(b"n1", b"a", b"b"), DialogId::new(b"n2", b"a", b"b"));
+    t.confirm(never.clone(), &client(), None);
+    t.confirm(acked.clone(), &client(), None);
+    t.acked(&acked);
+    let ip = "192.0.2.9".parse().unwrap();
+    assert_eq!(t.count_from(ip), 2, "both calls count against their caller's address");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    assert_eq!(t.reap(&limits), 0);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(t.reap(&limits), 1, "the 2xx nobody ACKed");
+    assert!(t.get(&never).is_none() && t.get(&acked).is_some());
+    assert_eq!(t.count_from(ip), 1, "its place is free again");
+    t.remove(&acked);
+    assert_eq!(t.count_from(ip), 0);
+    assert!(t.per_source.is_empty(), "no entry left behind for an address with no calls");
 }

@@ -13,6 +13,9 @@ use crate::dialog::Leg;
 use crate::sip::{ForwardEdit, HeaderName, Message, Via, ViaTransport};
 use crate::transport::{Source, Target, Transport};
 
+/// Attempts a transaction may make (serial failover over the backends); a branch is checked against each.
+const MAX_ATTEMPTS: usize = 16;
+
 impl Proxy {
     /// A new RFC 3261 branch: magic cookie, this request's loop hash, and a unique part.
     /// The branch of a client transaction's `attempt`-th try: derived from the client's own branch (RFC 3261
@@ -25,16 +28,39 @@ impl Proxy {
         let Some(client) = client else {
             return self.new_branch(loop_hash);
         };
-        let ip = match src.remote.ip() {
-            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(a) => a.octets(),
-        };
-        let (port, attempt) = (src.remote.port().to_be_bytes(), (attempt as u32).to_be_bytes());
-        let parts: [&[u8]; 5] = [client, req.method_bytes(), &ip, &port, &attempt];
-        let h = self.settings.token_key.digest64(&parts);
+        let h = self.branch_digest(client, req.method_bytes(), src.remote, attempt);
         let mut s = String::with_capacity(40);
         let _ = write!(s, "z9hG4bK{loop_hash:08x}.{h:016x}");
         Bytes::from(s)
+    }
+
+    fn branch_digest(&self, client: &[u8], method: &[u8], from: SocketAddr, attempt: usize) -> u64 {
+        let ip = match from.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        let (port, attempt) = (from.port().to_be_bytes(), (attempt as u32).to_be_bytes());
+        let parts: [&[u8]; 5] = [client, method, &ip, &port, &attempt];
+        self.settings.token_key.digest64(&parts)
+    }
+
+    /// Whether the top Via of a response no transaction claims carries a branch this cluster made for the client
+    /// the next Via names (a 2xx retransmitted after its INVITE transaction ended). Anyone can write our address
+    /// into a Via: without this check a stranger's response would be relayed to whatever its second Via says.
+    fn made_branch(&self, resp: &Message, next: &Via<'_>, ip: std::net::IpAddr) -> bool {
+        let Some(ours) = resp.top_via().and_then(|v| v.branch().map(|b| b.to_vec())) else { return false };
+        let Some(h) = ours.get(16..).filter(|_| ours.starts_with(b"z9hG4bK") && ours.get(15) == Some(&b'.')) else {
+            return false;
+        };
+        let Some(h) = std::str::from_utf8(h).ok().and_then(|h| u64::from_str_radix(h, 16).ok()) else { return false };
+        let Some(client) = next.branch() else { return false };
+        let method = resp.cseq_method();
+        let ports = [next.rport().flatten(), next.sent_by.port.or(Some(5060))];
+        (0..MAX_ATTEMPTS).any(|attempt| {
+            ports.iter().flatten().any(|&port| {
+                self.branch_digest(client, method.as_str().as_bytes(), SocketAddr::new(ip, port), attempt) == h
+            })
+        })
     }
 
     pub(crate) fn new_branch(&self, loop_hash: u32) -> Bytes {
@@ -54,7 +80,9 @@ impl Proxy {
         let mut s = String::with_capacity(96);
         let _ = write!(s, "<sip:{}:{}", self.settings.advertise_host(), self.port_for(t));
         if t != Transport::Udp {
-            let _ = write!(s, ";transport={}", t.as_lower());
+            // RFC 7118 §5.2: the URI parameter is `ws` for secure WebSockets too (the scheme says `sips`).
+            let name = if t == Transport::Wss { "ws" } else { t.as_lower() };
+            let _ = write!(s, ";transport={name}");
         }
         if let Some(f) = flow {
             let _ = write!(s, ";ft={f}");
@@ -173,6 +201,11 @@ impl Proxy {
         };
         let ip = next.received().and_then(|r| std::str::from_utf8(r).ok()?.parse().ok()).or_else(|| next.sent_by.ip());
         let Some(ip) = ip else { return };
+        if !self.made_branch(resp, &next, ip) {
+            tracing::debug!(to = %ip, "response with a branch we did not make, dropped");
+            metrics::counter!(crate::metrics::RESPONSES_DROPPED, "reason" => "foreign_branch").increment(1);
+            return;
+        }
         let port = next.rport().flatten().or(next.sent_by.port).unwrap_or(5060);
         self.stats.stateless_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         crate::metrics::final_response(resp.status().unwrap_or(0), "relayed");

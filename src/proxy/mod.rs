@@ -47,6 +47,14 @@ pub struct Settings {
     pub max_flows: usize,
     /// Authenticates our Record-Route and Path tokens.
     pub token_key: TokenKey,
+    /// Caps on live transactions, in all and per source IP (`sip.max_transactions*`).
+    pub max_transactions: usize,
+    pub max_transactions_per_source: usize,
+    /// Where else than backends and phones a request may go (`routing.relay_allow`).
+    pub relay_nets: Vec<crate::config::Cidr>,
+    pub relay_hosts: Vec<String>,
+    /// Per-source rate limits, bans and scanner rules (`[security]`, run by [`crate::guard`]).
+    pub security: crate::config::SecurityConfig,
 }
 
 /// An IP address as written in a Via or URI host: IPv6 in brackets.
@@ -89,6 +97,11 @@ impl Settings {
             dialogs: cfg.dialogs.clone(),
             max_flows: cfg.registrations.max_flows,
             token_key,
+            max_transactions: cfg.sip.max_transactions,
+            max_transactions_per_source: cfg.sip.max_transactions_per_source,
+            relay_nets: cfg.routing.relay_nets(),
+            relay_hosts: cfg.routing.relay_hosts(),
+            security: cfg.security.clone(),
         })
     }
 
@@ -103,6 +116,11 @@ impl Settings {
             dialogs: DialogConfig::default(),
             max_flows: 100_000,
             token_key: TokenKey::random(),
+            max_transactions: 20_000,
+            max_transactions_per_source: 1_000,
+            relay_nets: Vec::new(),
+            relay_hosts: Vec::new(),
+            security: crate::config::SecurityConfig::default(),
         }
     }
 }
@@ -114,6 +132,8 @@ pub struct Proxy {
     pub routing: Routing,
     pub dialogs: DialogTable,
     pub flows: FlowTable,
+    /// Flood and scanner protection: every message passes it first.
+    pub guard: crate::guard::Guard,
     pub health: Health,
     pub txs: TransactionTable,
     pub stats: Stats,
@@ -162,6 +182,11 @@ impl Proxy {
             events,
             health: Health::with_journal(&names, settings.health.clone(), journal.clone()),
             flows: FlowTable::with_journal(settings.max_flows, journal.clone()),
+            guard: crate::guard::Guard::new(
+                &settings.security,
+                routing.backends().iter().map(|b| b.addr.ip()),
+                journal.clone(),
+            ),
             settings,
             own_addrs: transports.local_addrs(),
             transports,
@@ -226,11 +251,19 @@ impl Proxy {
             metrics::counter!(crate::metrics::DROPPED_STANDBY).increment(1);
             return Verdict::Accepted;
         }
+        // Banned or over its rate: dropped unread and unanswered (crate::guard says why).
+        let admission = self.guard.admit(src.remote.ip());
+        if admission.is_drop() {
+            return Verdict::Accepted;
+        }
         let msg = match Message::parse(data.clone()) {
             Ok(msg) => msg,
             Err(e) => return self.on_malformed(data, e, src),
         };
         if msg.is_request() {
+            if !self.guard.admit_request(admission, &msg) {
+                return Verdict::Accepted; // a scanner's User-Agent, or over the REGISTER / new-request rate
+            }
             self.on_request(msg, src);
         } else {
             self.on_response(msg, src);
@@ -288,7 +321,16 @@ impl Proxy {
                     return self.reply(&req, src, code, reason);
                 }
                 match self.plan(&req, src) {
-                    Ok(plan) => transaction::start(self.clone(), req, src, plan, key),
+                    Ok(plan) => {
+                        let from = plan.from_backend.is_none().then_some(src.remote.ip());
+                        let s = &self.settings;
+                        if !self.txs.admits(from, s.max_transactions, s.max_transactions_per_source) {
+                            self.stats.over_capacity.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(m::OVER_CAPACITY, "table" => "transactions").increment(1);
+                            return self.reply(&req, src, 503, "Service Unavailable (too many transactions)");
+                        }
+                        transaction::start(self.clone(), req, src, plan, key)
+                    }
                     Err((code, reason)) => self.reply(&req, src, code, reason),
                 }
             }

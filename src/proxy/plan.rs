@@ -71,8 +71,15 @@ struct Popped {
     dialog_backend: Option<usize>,
     /// A phone's registered flow, from the token in the user part of our Path.
     flow: Option<(Bytes, Target)>,
-    /// The dialog leg our token names: which pass of a spiral this request is on.
+    /// The dialog leg our token names: which pass of a spiral this request is on (the last popped entry's).
     leg: Option<Leg>,
+    /// The popped entries named both legs: the request comes out of the PBX side of the last one.
+    crossed: bool,
+}
+
+/// Equal addresses, an IPv4 one and its IPv4-mapped IPv6 form included (a dual-stack listener).
+fn same_ip(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
 }
 
 fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
@@ -88,6 +95,10 @@ fn transport_param(uri: &SipUri<'_>) -> Option<Transport> {
 
 /// A Route of ours carried a token that fails its check.
 const FORGED: (u16, &str) = (403, "Forbidden (bad route token)");
+/// A next hop named by a host name not in `routing.relay_allow`.
+const NOT_RESOLVED: (u16, &str) = (403, "Forbidden (host names are not resolved)");
+/// A next hop that is neither a backend, nor a registered phone, nor in `routing.relay_allow`.
+const NO_RELAY: (u16, &str) = (403, "Forbidden (not a relay)");
 
 impl Proxy {
     /// Whether a host and port are this node's (the advertised host or a listener address).
@@ -130,6 +141,9 @@ impl Proxy {
                 }
                 let b = usize::from(t.backend);
                 p.dialog_backend = (b < self.routing.backends().len()).then_some(b);
+                // Both passes' entries back to back (a PBX in the middle that does not Record-Route): the request
+                // went through the PBX's side already, and goes on as the last pass would.
+                p.crossed |= t.leg.is_some() && p.leg.is_some() && t.leg != p.leg;
                 p.leg = t.leg.or(p.leg);
             }
             if ft.is_some() {
@@ -180,6 +194,10 @@ impl Proxy {
         self.routing.backend_at(src.remote).or_else(|| {
             let v = req.top_via()?;
             let ip = v.sent_by.ip()?;
+            // Only from the backend's own host: anyone can write a backend's address into a Via.
+            if !same_ip(ip, src.remote.ip()) {
+                return None;
+            }
             self.routing.backend_at(SocketAddr::new(ip, v.sent_by.port.unwrap_or(5060)))
         })
     }
@@ -198,10 +216,15 @@ impl Proxy {
                 let transport = backend.map(|b| self.routing.backends()[b].transport).unwrap_or(transport);
                 Ok(Hop { addr: HopAddr::Resolved(Target { transport, addr, conn: None }), backend })
             }
-            None => Ok(Hop {
-                addr: HopAddr::Name { host: String::from_utf8_lossy(u.host_port.host).into_owned(), port, transport },
-                backend: None,
-            }),
+            None => {
+                // Never a DNS lookup on the call path for a name nobody configured: an attacker's Request-URI or
+                // Route would make us resolve (and reach) anything.
+                let host = String::from_utf8_lossy(u.host_port.host).to_ascii_lowercase();
+                if !self.settings.relay_hosts.contains(&host) {
+                    return Err(NOT_RESOLVED);
+                }
+                Ok(Hop { addr: HopAddr::Name { host, port, transport }, backend: None })
+            }
         }
     }
 
@@ -282,7 +305,11 @@ impl Proxy {
                 return resolved(c);
             }
         }
-        let mut hop = self.hop_for_uri(req.request_uri(), popped.transport)?;
+        let mut hop = match self.hop_for_uri(req.request_uri(), popped.transport) {
+            // A phone's Contact with a host name (a WebSocket client's `.invalid`): its flow is the only way.
+            Err(e) if e == NOT_RESOLVED => return Err((430, "Flow Failed")),
+            r => r?,
+        };
         if let (Some(conn), HopAddr::Resolved(t)) = (popped.conn, &mut hop.addr) {
             if let Some(transport) = self.transports.conn_transport(conn) {
                 t.conn = Some(conn);
@@ -302,7 +329,7 @@ impl Proxy {
         if self.is_loop(req, loop_hash) {
             self.stats.loops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::LOOPS).increment(1);
-            tracing::info!(from = %src.remote, call_id = %String::from_utf8_lossy(req.call_id()), "request came back unchanged: loop, 482");
+            tracing::debug!(from = %src.remote, call_id = %String::from_utf8_lossy(req.call_id()), "request came back unchanged: loop, 482");
             return Err((482, "Loop Detected"));
         }
         let max_forwards = match req.max_forwards() {
@@ -317,15 +344,28 @@ impl Proxy {
             (Some(f), Some(t)) => Some(self.dialogs.leg_of(req.call_id(), f, t, popped.leg.unwrap_or(Leg::FromPhone))),
             _ => None,
         };
-        if let (Some(id), None, Some(_)) = (&dialog_id, from_backend, src.conn) {
+        // (Not when the request crossed both our passes: then it comes from the other leg's phone.)
+        if let (Some(id), None, Some(_), false) = (&dialog_id, from_backend, src.conn, popped.crossed) {
             // The phone's side of a call: a reconnected phone is reached on its new connection from now on.
             self.dialogs.follow_client(id, src.into());
+        }
+        if let (Some(id), Method::Ack) = (&dialog_id, method) {
+            self.dialogs.acked(id);
         }
         let next_route = req.header_values(HeaderName::Route).nth(popped.count);
         let hops = if let Some(route) = next_route {
             // Loose routing: the next Route is where it goes; the Request-URI stays (RFC 3261 §16.6 step 7).
             let uri = parse_name_addr(route).ok_or((400, "Bad Request: malformed Route"))?.uri;
-            let hop = self.hop_for_uri(uri, None)?;
+            let hop = self.hop_for_uri(uri, None).inspect_err(|_| self.count_relay_refused("route"))?;
+            // From a phone, a Route past ours may only lead to a backend, to a hop the dialog's own route set
+            // names (a PBX that Record-Routes another address of its own), or where the operator allows.
+            if from_backend.is_none() && hop.backend.is_none() && !self.relay_allowed(&hop) {
+                let recorded = dialog_id.as_ref().and_then(|id| self.dialogs.get(id)).and_then(|d| d.route_set);
+                if recorded.is_none_or(|set| memchr::memmem::find(&set, uri).is_none()) {
+                    self.count_relay_refused("route");
+                    return Err(NO_RELAY);
+                }
+            }
             // A PBX that Record-Routes itself: when the next Route is a backend, the dialog's current home wins,
             // so a re-homed call does not go back to the failed PBX.
             let home = match (&dialog_id, hop.backend, from_backend) {
@@ -349,11 +389,20 @@ impl Proxy {
             vec![Hop { addr: HopAddr::Resolved(*flow), backend: None }]
         } else if let Some(id) = &dialog_id {
             let dialog = self.dialogs.touch(id, from_backend.is_none(), req.cseq(), method == Method::Bye);
-            if from_backend.is_some() {
+            // Toward the phone: from a backend; across both our passes at once; or, in a dialog whose other side
+            // is no backend (a registrar elsewhere that reached the phone along our Path), from anyone but the
+            // phone itself.
+            let from_other_side = dialog.as_ref().is_some_and(|d| {
+                d.home().is_none()
+                    && d.client.is_some_and(|c| c.addr != src.remote && c.conn.is_none_or(|c| Some(c) != src.conn))
+            });
+            if from_backend.is_some() || popped.crossed || from_other_side {
                 vec![self.phone_hop(req, &popped, dialog.and_then(|d| d.client).map(|c| (id, c)))?]
             } else if let Some(home) = dialog.and_then(|d| d.home()).or(popped.dialog_backend) {
                 self.dialog_hops(home, Some(id))
             } else {
+                // Neither a dialog we hold nor our token: only toward a backend (a PBX that does not
+                // Record-Route is reached at its Contact) or our own address.
                 self.uri_or_backends(req, &popped, from_backend)?
             }
         } else if from_backend.is_some() || popped.count > 0 {
@@ -371,6 +420,16 @@ impl Proxy {
             self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!(crate::metrics::OVER_CAPACITY, "table" => "dialogs").increment(1);
             return Err((503, "Service Unavailable (dialog table full)"));
+        }
+        let per_source = self.settings.dialogs.max_per_source;
+        if initial
+            && method == Method::Invite
+            && from_backend.is_none()
+            && self.dialogs.count_from(src.remote.ip()) >= per_source
+        {
+            self.stats.over_capacity.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            metrics::counter!(crate::metrics::OVER_CAPACITY, "table" => "dialogs_per_source").increment(1);
+            return Err((503, "Service Unavailable (too many calls from this address)"));
         }
         let path_token = if method == Method::Register && from_backend.is_none() {
             let token = Bytes::from(self.settings.token_key.flow_token(&src.into()));
@@ -409,7 +468,40 @@ impl Proxy {
             (true, Some(_)) => Err((404, "Not Found")),
             (true, None) => Ok(self.backend_hops()),
             (false, Some(_)) => Ok(vec![self.phone_hop(req, popped, None)?]),
-            (false, None) => Ok(vec![self.hop_for_uri(req.request_uri(), popped.transport)?]),
+            // A phone's request for elsewhere: a new one goes to the PBX, whose dial plan decides (sipfront is a
+            // front door, not a relay); one of a dialog we know nothing of only to a backend it names.
+            (false, None) if req.to_tag().is_none() => Ok(self.backend_hops()),
+            (false, None) => {
+                let hop = self.hop_for_uri(req.request_uri(), popped.transport).ok().filter(|h| h.backend.is_some());
+                match hop {
+                    Some(hop) => Ok(vec![hop]),
+                    None if self.relay_allowed_uri(req.request_uri()) => {
+                        Ok(vec![self.hop_for_uri(req.request_uri(), popped.transport)?])
+                    }
+                    None => {
+                        self.count_relay_refused("unknown_dialog");
+                        Err((481, "Call/Transaction Does Not Exist"))
+                    }
+                }
+            }
         }
+    }
+
+    /// Whether a hop that is no backend is where the operator allows requests to go (`routing.relay_allow`).
+    fn relay_allowed(&self, hop: &Hop) -> bool {
+        match &hop.addr {
+            HopAddr::Resolved(t) => self.settings.relay_nets.iter().any(|n| n.contains(t.addr.ip())),
+            // Only allowed names get this far (hop_for_uri).
+            HopAddr::Name { .. } => true,
+        }
+    }
+
+    fn relay_allowed_uri(&self, uri: &[u8]) -> bool {
+        self.hop_for_uri(uri, None).is_ok_and(|h| self.relay_allowed(&h))
+    }
+
+    fn count_relay_refused(&self, reason: &'static str) {
+        self.stats.relay_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(crate::metrics::RELAY_REFUSED, "reason" => reason).increment(1);
     }
 }

@@ -23,6 +23,8 @@ pub struct Stats {
     pub no_backend: AtomicU64,
     /// Refused 482: a request that came back unchanged.
     pub loops: AtomicU64,
+    /// Refused: the next hop is not one sipfront may send to.
+    pub relay_refused: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -44,6 +46,7 @@ pub struct StatsSnapshot {
     pub over_capacity: u64,
     pub no_backend: u64,
     pub loops: u64,
+    pub relay_refused: u64,
 }
 
 impl Stats {
@@ -66,6 +69,7 @@ impl Stats {
             over_capacity: g(&self.over_capacity),
             no_backend: g(&self.no_backend),
             loops: g(&self.loops),
+            relay_refused: g(&self.relay_refused),
         }
     }
 }

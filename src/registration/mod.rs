@@ -91,7 +91,10 @@ impl FlowTable {
             }));
         }
         if flow.conn.is_some() {
-            if let Some(user) = uri_user(&aor) {
+            // Bounded like the flows themselves: one source registering endless user names (an open registrar)
+            // must not grow the index past `registrations.max_flows` users.
+            let user = uri_user(&aor).filter(|u| self.by_user.len() < self.max || self.by_user.contains_key(*u));
+            if let Some(user) = user {
                 let mut tokens = self.by_user.entry(Bytes::copy_from_slice(user)).or_default();
                 tokens.retain(|t| *t != token);
                 if tokens.len() >= FLOWS_PER_USER {
@@ -337,5 +340,17 @@ mod tests {
         tokio::time::advance(hour).await;
         t.reap();
         assert!(t.by_user.is_empty());
+    }
+
+    #[test]
+    fn the_user_index_is_bounded_by_max_flows() {
+        let t = FlowTable::new(3);
+        let flow = Target { transport: Transport::Tcp, addr: "192.0.2.1:40000".parse().unwrap(), conn: Some(7) };
+        for i in 0..50 {
+            let aor = Bytes::from(format!("sip:user{i}@example.com"));
+            t.bind(Bytes::from_static(b"one-source"), flow, aor, Bytes::new(), Duration::from_secs(60));
+        }
+        assert_eq!(t.len(), 1, "one source, one flow");
+        assert!(t.by_user.len() <= 3, "{} users indexed", t.by_user.len());
     }
 }

@@ -9,7 +9,9 @@ use super::message::{HeaderField, Message};
 use super::values::{split_list, Via};
 
 /// Value of our `Server` / `User-Agent` header.
-pub const SERVER_NAME: &str = concat!("sipfront/", env!("CARGO_PKG_VERSION"));
+/// Our Server and User-Agent header: the product only. The version is in `sipfront_build_info`, not on the wire
+/// for every scanner to match against a list of known flaws.
+pub const SERVER_NAME: &str = "sipfront";
 
 pub(crate) fn put_content_length(out: &mut BytesMut, n: usize) {
     out.extend_from_slice(b"Content-Length: ");

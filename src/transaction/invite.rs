@@ -185,7 +185,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                         attempts[cur].ack = Some(ack);
                                     }
                                     if !cancelled && !last_hop && retryable(code) && ctx.plan.hops.len() > 1 {
-                                        tracing::info!(to = %target.addr, code, "backend refused, trying the next one");
+                                        tracing::debug!(to = %target.addr, code, "backend refused, trying the next one");
                                         ctx.note_failover("response", last_hop);
                                         best_failure = Some(*resp);
                                         continue 'hops;
@@ -245,7 +245,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             outcome = Some(Outcome::Rejected(ctx.reply_local(487, "Request Terminated")));
                             break 'hops;
                         }
-                        tracing::info!(to = %target.addr, "no answer to INVITE (timer B)");
+                        tracing::debug!(to = %target.addr, "no answer to INVITE (timer B)");
                         ctx.backend_failed(hop.backend, "INVITE timeout");
                         fallback = (408, "Request Timeout");
                         ctx.note_failover("timeout", last_hop);

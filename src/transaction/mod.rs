@@ -106,6 +106,9 @@ pub struct TransactionTable {
     server: DashMap<ServerKey, ServerEntry>,
     client: DashMap<Bytes, TxHandle>,
     active: AtomicUsize,
+    /// Live transactions per source IP (requests from backends are not counted), for the per-source cap. An
+    /// entry goes when its count drops to zero, so the map is bounded by the live transactions themselves.
+    per_source: DashMap<std::net::IpAddr, u32>,
     /// Done entries in the order they expire (every linger is 64*T1, so insertion order is expiry order).
     /// A std Mutex: pushed once per transaction and drained by one sweeper, never held across an await.
     retired: Mutex<VecDeque<(Instant, ServerKey)>>,
@@ -127,6 +130,27 @@ impl TransactionTable {
     /// Transactions with a task alive now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Live transactions started by requests from this address.
+    pub fn active_from(&self, ip: std::net::IpAddr) -> usize {
+        self.per_source.get(&ip).map_or(0, |n| *n as usize)
+    }
+
+    /// Whether one more transaction from `ip` (`None`: from a backend) stays within the caps.
+    pub fn admits(&self, ip: Option<std::net::IpAddr>, max: usize, max_per_source: usize) -> bool {
+        self.active() < max && ip.is_none_or(|ip| self.active_from(ip) < max_per_source)
+    }
+
+    fn count_source(&self, ip: std::net::IpAddr) {
+        *self.per_source.entry(ip).or_insert(0) += 1;
+    }
+
+    fn uncount_source(&self, ip: std::net::IpAddr) {
+        self.per_source.remove_if_mut(&ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 
     /// Answered transactions still absorbing retransmissions.
@@ -170,6 +194,8 @@ struct Registration {
     proxy: Arc<Proxy>,
     server: ServerKey,
     branches: Vec<Bytes>,
+    /// The source IP counted against the per-source cap (`None` for a backend's request).
+    source: Option<std::net::IpAddr>,
 }
 
 impl Drop for Registration {
@@ -181,6 +207,9 @@ impl Drop for Registration {
             txs.client.remove(b);
         }
         txs.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.source {
+            txs.uncount_source(ip);
+        }
         metrics::gauge!(m::TRANSACTIONS_ACTIVE).decrement(1.0);
     }
 }
@@ -194,7 +223,11 @@ pub fn start(proxy: Arc<Proxy>, req: Message, src: Source, plan: Plan, key: Serv
     let invite = req.method() == Some(Method::Invite);
     metrics::counter!(m::TRANSACTIONS, "kind" => if invite { "invite" } else { "non-invite" }).increment(1);
     metrics::gauge!(m::TRANSACTIONS_ACTIVE).increment(1.0);
-    let reg = Registration { proxy: proxy.clone(), server: key, branches: Vec::new() };
+    let source = plan.from_backend.is_none().then_some(src.remote.ip());
+    if let Some(ip) = source {
+        proxy.txs.count_source(ip);
+    }
+    let reg = Registration { proxy: proxy.clone(), server: key, branches: Vec::new(), source };
     let ctx = Ctx { proxy, req, src, plan, rx, me: tx, reg };
     if invite {
         tokio::spawn(invite::run(ctx));
@@ -250,13 +283,13 @@ impl Ctx {
     /// counting the failure against the backend) when it could not be sent; the caller moves on.
     async fn send_attempt(&mut self, hop: &crate::proxy::Hop, last_hop: bool) -> Option<(Target, Bytes, Bytes)> {
         let Some(target) = invite::resolve_hop(hop).await else {
-            tracing::info!(hop = ?hop.addr, "cannot resolve next hop");
+            tracing::debug!(hop = ?hop.addr, "cannot resolve next hop");
             return None;
         };
         let branch = self.new_branch();
         let fwd = self.proxy.build_forward(&self.req, self.src, &self.plan, target.transport, hop.backend, &branch);
         if let Err(e) = self.proxy.transports.send_wait(target, fwd.clone()).await {
-            tracing::info!(to = %target.addr, error = %e, method = %String::from_utf8_lossy(self.req.method_bytes()), "not sent, trying the next hop");
+            tracing::debug!(to = %target.addr, error = %e, method = %String::from_utf8_lossy(self.req.method_bytes()), "not sent, trying the next hop");
             self.backend_failed(hop.backend, "transport error");
             self.note_failover("transport", last_hop);
             return None;

@@ -88,7 +88,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                 _ = sleep_opt(earliest(&[timer_e, Some(timer_f)])) => {
                     let now = Instant::now();
                     if timer_f <= now {
-                        tracing::info!(to = %target.addr, method = %String::from_utf8_lossy(ctx.req.method_bytes()), "no answer (timer F)");
+                        tracing::debug!(to = %target.addr, method = %String::from_utf8_lossy(ctx.req.method_bytes()), "no answer (timer F)");
                         ctx.backend_failed(hop.backend, "request timeout");
                         ctx.note_failover("timeout", last_hop);
                         fallback = (408, "Request Timeout");

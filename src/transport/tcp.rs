@@ -292,6 +292,9 @@ impl TcpPool {
         let mut buf = BytesMut::with_capacity(8192);
         // When the message now partly in `buf` must be complete (slowloris guard); trickled bytes do not move it.
         let mut message_deadline: Option<tokio::time::Instant> = None;
+        // When the connection counts as idle: moved on by whole messages and double-CRLF pings only, so a peer
+        // trickling lone CR or LF bytes cannot hold a connection open forever.
+        let mut idle_deadline = tokio::time::Instant::now() + idle;
         loop {
             // Drain every whole message already buffered.
             loop {
@@ -300,11 +303,13 @@ impl TcpPool {
                     Framed::KeepAlive { n, ping } => {
                         buf.advance(n);
                         if ping {
+                            idle_deadline = tokio::time::Instant::now() + idle;
                             self.queue(id, Bytes::from_static(b"\r\n"));
                         }
                     }
                     Framed::Message(n) => {
                         message_deadline = None;
+                        idle_deadline = tokio::time::Instant::now() + idle;
                         let msg = buf.split_to(n).freeze();
                         let src = Source { transport, remote, conn: Some(id) };
                         if inbound.on_message(msg, src) == Verdict::Garbage {
@@ -325,7 +330,6 @@ impl TcpPool {
             } else if message_deadline.is_none() {
                 message_deadline = Some(now + message_timeout);
             }
-            let idle_deadline = now + idle;
             let deadline = message_deadline.map_or(idle_deadline, |d| d.min(idle_deadline));
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8192);
