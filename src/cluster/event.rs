@@ -1,11 +1,11 @@
-//! What the cluster replicates: small commands describing changes to the dialog table, the flow table and the
-//! backends' health, grouped in [`Batch`]es (one Raft log entry each), and the [`Journal`] through which the data
-//! plane hands them over without ever waiting.
+//! What the cluster replicates: small commands describing changes to the dialog table, the flow table, the
+//! backends' health and the guard's ban list, grouped in [`Batch`]es (one Raft log entry each), and the
+//! [`Journal`] through which the data plane hands them over without ever waiting.
 //!
 //! Every command is idempotent (an upsert or a removal), so applying one to a table that already reflects it, or
 //! installing a snapshot a little newer than its log position, converges to the same state.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,6 +63,16 @@ pub struct FlowRecord {
     pub ttl_ms: u64,
 }
 
+/// One banned source (a flood or a scanner, [`crate::guard`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// The source address (an IPv6 source's /64 prefix).
+    pub ip: IpAddr,
+    /// Milliseconds the ban has left, on the sender's clock.
+    pub ttl_ms: u64,
+    pub reason: crate::guard::BanReason,
+}
+
 /// One change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -82,6 +92,10 @@ pub enum Event {
     Backend { index: u16, up: bool },
     /// A backend was drained (no new calls) or undrained by an operator.
     Drain { index: u16, drained: bool },
+    /// A source was banned (or its ban extended).
+    Ban(BanRecord),
+    /// An operator lifted a ban.
+    Unban { ip: IpAddr },
 }
 
 /// One Raft log entry: the events one node produced over a few milliseconds.
@@ -107,6 +121,25 @@ pub struct Tables {
     pub flows: Vec<FlowRecord>,
     /// Index and up/down of every backend.
     pub backends: Vec<(u16, bool)>,
+    /// Live bans. Last, so [`Tables::decode`] still reads a snapshot written before bans were replicated.
+    pub bans: Vec<BanRecord>,
+}
+
+impl Tables {
+    /// Decode a snapshot, also one written before `bans` existed (bincode has no optional fields: that one
+    /// simply ends after `backends`).
+    pub fn decode(bytes: &[u8]) -> bincode::Result<Tables> {
+        #[derive(Deserialize)]
+        struct WithoutBans {
+            dialogs: Vec<DialogRecord>,
+            flows: Vec<FlowRecord>,
+            backends: Vec<(u16, bool)>,
+        }
+        bincode::deserialize(bytes).or_else(|e| {
+            let Ok(t) = bincode::deserialize::<WithoutBans>(bytes) else { return Err(e) };
+            Ok(Tables { dialogs: t.dialogs, flows: t.flows, backends: t.backends, bans: Vec::new() })
+        })
+    }
 }
 
 /// How many events may wait for the batcher before new ones are dropped (and counted).
@@ -163,4 +196,32 @@ pub fn process_origin() -> u64 {
 /// Unix time in milliseconds.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot written before bans were replicated still installs (a node upgraded in place restarts from it).
+    #[test]
+    fn a_snapshot_without_bans_still_decodes() {
+        #[derive(Serialize)]
+        struct Before {
+            dialogs: Vec<DialogRecord>,
+            flows: Vec<FlowRecord>,
+            backends: Vec<(u16, bool)>,
+        }
+        let flow = FlowRecord {
+            token: Bytes::from_static(b"t"),
+            flow: WireTarget { tcp: false, addr: "192.0.2.1:5060".parse().unwrap() },
+            aor: Bytes::from_static(b"sip:100@x"),
+            ttl_ms: 5,
+        };
+        let old = bincode::serialize(&Before { dialogs: vec![], flows: vec![flow.clone()], backends: vec![(0, true)] });
+        let t = Tables::decode(&old.unwrap()).unwrap();
+        assert_eq!((t.flows, t.backends, t.bans.len()), (vec![flow], vec![(0, true)], 0));
+        let ban = BanRecord { ip: "203.0.113.5".parse().unwrap(), ttl_ms: 1000, reason: crate::guard::BanReason::Rate };
+        let now = Tables { bans: vec![ban.clone()], ..Tables::default() };
+        assert_eq!(Tables::decode(&bincode::serialize(&now).unwrap()).unwrap().bans, vec![ban]);
+    }
 }

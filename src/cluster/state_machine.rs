@@ -1,5 +1,5 @@
 //! The replicated state machine: applies committed [`Batch`]es to the proxy's own tables (dialogs, flows,
-//! backend health), so a follower that becomes leader already routes every established call.
+//! backend health, bans), so a follower that becomes leader already routes every established call.
 //!
 //! A node skips the batches it proposed itself in this process (its tables already hold those changes; applying
 //! them again later could undo a newer local change). A snapshot is the tables exported whole, encoded with
@@ -84,6 +84,7 @@ impl StateMachine {
             Event::Drain { index, drained } => {
                 self.proxy.health.set_drained(usize::from(*index), *drained);
             }
+            Event::Ban(_) | Event::Unban { .. } => self.proxy.guard.apply(ev),
         }
     }
 
@@ -107,6 +108,7 @@ impl StateMachine {
         for (i, up) in &tables.backends {
             self.proxy.health.apply(usize::from(*i), if *up { BackendState::Up } else { BackendState::Down });
         }
+        self.proxy.guard.replace_bans(&tables.bans);
     }
 }
 
@@ -122,6 +124,7 @@ impl RaftSnapshotBuilder<C> for StateMachine {
             dialogs: self.proxy.dialogs.export(),
             flows: self.proxy.flows.export(),
             backends: self.proxy.health.export(),
+            bans: self.proxy.guard.export_bans(),
         };
         let data = bincode::serialize(&tables).map_err(io::Error::other)?;
         let meta = SnapshotMetaOf::<C> { last_log_id: last, last_membership: membership };
@@ -177,7 +180,7 @@ impl RaftStateMachine<C> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<C>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let tables: Tables = bincode::deserialize(&snapshot).map_err(|e| io::Error::other(format!("snapshot: {e}")))?;
+        let tables = Tables::decode(&snapshot).map_err(|e| io::Error::other(format!("snapshot: {e}")))?;
         self.install(&tables);
         let stored = StoredSnapshot { meta: meta.clone(), data: snapshot };
         let file = bincode::serialize(&stored).map_err(io::Error::other)?;
