@@ -74,7 +74,8 @@ fn metrics_count_known_traffic_and_the_api_answers() {
     assert_eq!(v["backends"][0]["name"], "pbx");
     assert_eq!(v["backends"][0]["state"], "up", "{backends}");
     assert!(v["backends"][0]["rtt_ms"].as_f64().is_some(), "probe RTT known: {backends}");
-    let (code, dialogs) = http(&admin, "GET", "/api/v1/dialogs?limit=5", None, "");
+    // The dialog list names calls: it needs the token (tests/hardening_admin.rs has the refusals).
+    let (code, dialogs) = http(&admin, "GET", "/api/v1/dialogs?limit=5", Some(TOKEN), "");
     assert_eq!(code, 200);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&dialogs).unwrap()["count"], 0);
     let (code, page) = http(&admin, "GET", "/", None, "");

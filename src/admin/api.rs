@@ -134,7 +134,17 @@ pub async fn events(State(s): State<Arc<AdminState>>, Query(q): Query<Limit>) ->
     Json(json!({ "events": crate::events::merge(evs, n) }))
 }
 
-pub async fn dialogs(State(s): State<Arc<AdminState>>, Query(q): Query<Limit>) -> Json<Value> {
+/// The dialog table lists calls (Call-IDs, often with phone numbers or addresses in them): token, unless
+/// `admin.public_reads`.
+pub async fn dialogs(
+    State(s): State<Arc<AdminState>>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Response {
+    if let Err(r) = s.authorize_read(&headers, peer.0, "dialogs") {
+        return *r;
+    }
     let n = q.limit.unwrap_or(100).min(10_000);
     let names: Vec<&str> = s.proxy.routing.backends().iter().map(|b| b.name.as_str()).collect();
     let all = s.proxy.dialogs.export();
@@ -151,7 +161,7 @@ pub async fn dialogs(State(s): State<Arc<AdminState>>, Query(q): Query<Limit>) -
             })
         })
         .collect();
-    Json(json!({ "count": s.proxy.dialogs.len(), "dialogs": list }))
+    Json(json!({ "count": s.proxy.dialogs.len(), "dialogs": list })).into_response()
 }
 
 #[derive(Deserialize)]

@@ -5,17 +5,27 @@
 //!
 //! Every node serves the whole cluster's view: `/api/v1/cluster` and `/api/v1/events` ask every peer over the
 //! cluster protocol, so the dashboard works from a standby too. Actions go to the leader the same way.
-//! Nothing here is on the SIP path: a slow admin client costs the proxy nothing.
+//! Nothing here is on the SIP path: a slow admin client costs the proxy nothing, and a flood of them is bounded
+//! (serve.rs) so it cannot take the descriptors the SIP listeners need.
+//!
+//! Who may do what: `/metrics`, `/healthz`, `/readyz`, the dashboard and the overview reads it polls (cluster,
+//! backends, stats, events: counts and health, no call) are open; reads that list calls or addresses
+//! (`/api/v1/dialogs`, `/api/v1/bans`, and any future one listing registrations) go through
+//! [`AdminState::authorize_read`]: the bearer token unless `admin.public_reads = true`; actions always need it.
 //!
 //! ```text
-//!  mod.rs    AdminState, the router, the bearer-token check, the embedded assets, start()
+//!  mod.rs    AdminState, the router, the bearer-token checks, the embedded assets, start()
+//!  serve.rs  the connections: a cap, header and idle timeouts
 //!  api.rs    the JSON handlers
+//!  bans.rs   the guard's ban list: list, lift one
 //!  stats.rs  calls per second, sampled every second for the last ten minutes
 //!  assets/   index.html, app.js, style.css
 //! ```
 
 mod api;
+mod bans;
 pub mod client;
+mod serve;
 pub mod stats;
 
 use std::net::SocketAddr;
@@ -49,8 +59,10 @@ pub struct AdminState {
     pub cluster: Option<Arc<Shared>>,
     /// The process's Prometheus recorder, when one is installed (the binary installs it at start).
     pub prometheus: Option<PrometheusHandle>,
-    /// The bearer token for actions; `None`: actions are refused to everyone.
+    /// The bearer token for actions and the reads that list calls; `None`: those are refused to everyone.
     token: Option<Vec<u8>>,
+    /// `admin.public_reads`: the reads that list calls need no token.
+    public_reads: bool,
     pub stats: Arc<Stats>,
     pub demo: Option<Arc<dyn DemoControl>>,
 }
@@ -67,13 +79,22 @@ impl AdminState {
             None => None,
         };
         let stats = Arc::new(Stats::new());
-        Ok(AdminState { cfg: cfg.clone(), proxy, cluster, prometheus, token, stats, demo: None })
+        let public_reads = cfg.admin.public_reads;
+        Ok(AdminState { cfg: cfg.clone(), proxy, cluster, prometheus, token, public_reads, stats, demo: None })
     }
 
     /// With the demo's process controls.
     pub fn with_demo(mut self, demo: Arc<dyn DemoControl>) -> AdminState {
         self.demo = Some(demo);
         self
+    }
+
+    /// For a read that lists calls: `Ok` with `admin.public_reads`, else as [`AdminState::authorize`].
+    fn authorize_read(&self, headers: &HeaderMap, peer: SocketAddr, what: &str) -> Result<(), Box<Response>> {
+        if self.public_reads {
+            return Ok(());
+        }
+        self.authorize(headers, peer, what)
     }
 
     /// `Ok` when the request carries the configured bearer token (compared in constant time).
@@ -92,7 +113,7 @@ impl AdminState {
         }
         metrics::counter!(crate::metrics::ADMIN_UNAUTHORIZED).increment(1);
         let why = match (&self.token, given) {
-            (None, _) => "no admin.token_file is configured: actions are disabled",
+            (None, _) => "no admin.token_file is configured: actions and reads of calls are disabled",
             (_, None) => "missing bearer token",
             _ => "wrong bearer token",
         };
@@ -133,6 +154,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/stats", get(api::stats))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/dialogs", get(api::dialogs))
+        .route("/api/v1/bans", get(bans::list))
+        .route("/api/v1/bans/{ip}", axum::routing::delete(bans::remove))
         .route("/api/v1/switchover", post(api::switchover))
         .route("/api/v1/backends/{name}/{action}", post(api::drain))
         .route("/api/v1/demo", get(api::demo_state))
@@ -155,20 +178,15 @@ pub async fn start(state: AdminState, shutdown: CancellationToken) -> anyhow::Re
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("admin.listen {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     if state.token.is_none() {
-        tracing::warn!("admin: no admin.token_file, so switchover and drain are refused over HTTP");
+        tracing::warn!("admin: no admin.token_file, so switchover, drain and the dialog list are refused over HTTP");
     }
     let state = Arc::new(state);
     tokio::spawn(stats::sample(state.proxy.clone(), state.stats.clone(), shutdown.clone()));
     if let Some(h) = state.prometheus.clone() {
         tokio::spawn(upkeep(h, shutdown.clone()));
     }
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move {
-        let r = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    });
+    let limits = serve::Limits::from_config(&state.cfg.admin);
+    tokio::spawn(serve::serve(listener, router(state), limits, shutdown));
     tracing::info!(%addr, "admin: dashboard, API and /metrics listening");
     Ok(addr)
 }

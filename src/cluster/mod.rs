@@ -17,8 +17,10 @@
 //! on purpose through [`switchover`](role::switchover) (and on SIGTERM), which releases the VIP first.
 
 pub mod ctl;
+mod dir_lock;
 pub mod event;
 mod frame;
+pub(crate) mod limits;
 mod log_store;
 mod net;
 mod placement;
@@ -258,6 +260,8 @@ impl Cluster {
         events: mpsc::Receiver<Event>,
     ) -> anyhow::Result<Cluster> {
         let c = cfg.cluster.clone().ok_or_else(|| anyhow::anyhow!("no [cluster] section"))?;
+        // Held by the cluster thread until it ends: no second process writes this vote and log meanwhile.
+        let lock = dir_lock::DirLock::acquire(&c.data_dir).map_err(|e| anyhow::anyhow!("cluster.data_dir: {e}"))?;
         let secret = crate::config::read_secret_for("cluster.secret_file", &c.secret_file)?;
         let resources = crate::failover::Resources::from_config(cfg)?;
         let volume_release_within = crate::failover::Resources::release_within(cfg);
@@ -267,6 +271,7 @@ impl Cluster {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new().name("cluster".into()).spawn(move || {
+            let _lock = lock;
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -376,7 +381,8 @@ async fn run(shared: Arc<Shared>, res: Resources, events: mpsc::Receiver<Event>,
     }
     let listener = shared.listener.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(l) = listener {
-        tokio::spawn(net::serve(l, shared.key.clone(), shared.clone(), tasks.clone()));
+        let peers = shared.peers.iter().map(|(_, a)| a.ip()).collect();
+        tokio::spawn(net::serve(l, shared.key.clone(), shared.clone(), peers, tasks.clone()));
     }
     tokio::spawn(batcher(shared.clone(), events, shared.origin));
     let role = tokio::spawn(role::run(shared.clone(), res.vip, tasks.clone()));

@@ -1,10 +1,17 @@
 //! The peer transport: Raft RPCs (and the operator's status and switchover requests) over persistent TCP
 //! connections in [`frame`](super::frame)s. A client keeps one connection per peer and RPC stream, opens it
-//! when first needed, and drops it after any error or timeout (an answer may still be in flight on it); the
-//! server answers each connection's requests in order.
+//! when first needed, and drops it after any error or timeout (an answer may still be in flight on it), or
+//! before reusing it after [`CLIENT_REUSE_WITHIN`] of silence (the server may be closing it); the server
+//! answers each connection's requests in order.
+//!
+//! The port is open to anyone who can reach it, so the server bounds what a stranger can hold: at most
+//! [`MAX_INBOUND`] connections ([`MAX_PER_SOURCE`] per address; peers do not count against the total), each
+//! closed unless an authenticated chunk arrives within [`HANDSHAKE_WITHIN`] of its accept, and after that
+//! within [`IDLE_CLOSE`] of the last. Refusals and timeouts are counted and warned about at most once per
+//! [`WARN_EVERY`](super::frame::WARN_EVERY).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +29,11 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{read_frame, write_frame, FrameKey};
+use super::frame::{read_frame, write_frame, FrameError, FrameKey, Patience, WARN_EVERY};
+use super::limits::{Inbound, WarnEvery};
 use super::state_machine::StoredSnapshot;
 use super::{Node, NodeStatus, TypeConfig};
+use crate::metrics as m;
 
 type C = TypeConfig;
 
@@ -66,6 +75,20 @@ pub enum Response {
 
 /// How long a connection attempt may take at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Inbound connections open at once from addresses that are not peers.
+pub const MAX_INBOUND: usize = 128;
+/// Inbound connections open at once from one address (a peer's replication, vote and status connections, and
+/// the admin servers' status requests, are a handful).
+pub const MAX_PER_SOURCE: usize = 32;
+/// A new connection's first authenticated chunk must arrive within this (a client sends as soon as it connects).
+pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(3);
+/// An authenticated connection silent for this long is closed.
+pub const IDLE_CLOSE: Duration = Duration::from_secs(60);
+/// A client does not reuse a connection silent for this long (well inside [`IDLE_CLOSE`]): it opens a new one
+/// rather than race the server's close.
+pub const CLIENT_REUSE_WITHIN: Duration = Duration::from_secs(30);
+
+static CONN_WARN: WarnEvery = WarnEvery::new(WARN_EVERY);
 
 /// One connection to one peer, used by one caller at a time.
 pub struct PeerClient {
@@ -73,11 +96,13 @@ pub struct PeerClient {
     addr: SocketAddr,
     key: FrameKey,
     conn: Option<BufReader<TcpStream>>,
+    /// When `conn` last carried an exchange.
+    last_used: tokio::time::Instant,
 }
 
 impl PeerClient {
     pub fn new(target: u64, addr: SocketAddr, key: FrameKey) -> PeerClient {
-        PeerClient { target, addr, key, conn: None }
+        PeerClient { target, addr, key, conn: None, last_used: tokio::time::Instant::now() }
     }
 
     /// Send one request and read its answer within `ttl`.
@@ -94,6 +119,9 @@ impl PeerClient {
     }
 
     async fn call_inner(&mut self, req: &Request) -> Result<Response, CallError> {
+        if self.last_used.elapsed() >= CLIENT_REUSE_WITHIN {
+            self.conn = None;
+        }
         if self.conn.is_none() {
             let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
                 .await
@@ -104,7 +132,9 @@ impl PeerClient {
         }
         let conn = self.conn.as_mut().expect("connected above");
         write_frame(conn.get_mut(), &self.key, req).await.map_err(CallError::Io)?;
-        match read_frame::<Response, _>(conn, &self.key).await.map_err(CallError::Io)? {
+        let answer = read_frame::<Response, _>(conn, &self.key, &mut Patience::unbounded()).await;
+        self.last_used = tokio::time::Instant::now();
+        match answer.map_err(|e| CallError::Io(e.into()))? {
             Some(r) => Ok(r),
             None => Err(CallError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"))),
         }
@@ -241,33 +271,65 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
 }
 
-/// Accept peers (and operators) until `shutdown`.
-pub async fn serve<H: Handler>(listener: TcpListener, key: FrameKey, handler: Arc<H>, shutdown: CancellationToken) {
+/// Accept peers (and operators) until `shutdown`. `peers`: the members' addresses, exempt from
+/// [`MAX_INBOUND`].
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    key: FrameKey,
+    handler: Arc<H>,
+    peers: Vec<IpAddr>,
+    shutdown: CancellationToken,
+) {
+    let inbound = Inbound::new(MAX_INBOUND, MAX_PER_SOURCE, peers);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cluster accept failed");
+                    // Out of file descriptors, typically: back off rather than spin.
+                    if let Some(suppressed) = CONN_WARN.check() {
+                        tracing::warn!(error = %e, suppressed, "cluster accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
+        let slot = match inbound.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                metrics::counter!(m::CLUSTER_CONNS_REFUSED, "reason" => why.as_str()).increment(1);
+                if let Some(suppressed) = CONN_WARN.check() {
+                    tracing::warn!(%peer, reason = why.as_str(), open = inbound.open(), suppressed,
+                        "cluster port: connection refused, too many open (at most one line per 10 s)");
+                }
+                continue; // dropping `stream` closes it
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (key, handler, shutdown) = (key.clone(), handler.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let (r, mut w) = stream.into_split();
             let mut r = BufReader::new(r);
+            let mut patience = Patience::server(HANDSHAKE_WITHIN, IDLE_CLOSE);
             loop {
                 let req = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    req = read_frame::<Request, _>(&mut r, &key) => req,
+                    req = read_frame::<Request, _>(&mut r, &key, &mut patience) => req,
                 };
                 let req = match req {
                     Ok(Some(req)) => req,
                     Ok(None) => return,
+                    Err(FrameError::Timeout) if !patience.authenticated() => {
+                        metrics::counter!(m::CLUSTER_BAD_FRAMES, "reason" => "timeout").increment(1);
+                        if let Some(suppressed) = CONN_WARN.check() {
+                            tracing::warn!(%peer, suppressed, within = ?HANDSHAKE_WITHIN,
+                                "cluster port: closed a connection that sent nothing valid (at most one line per 10 s)");
+                        }
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "peer connection closed");
                         return;

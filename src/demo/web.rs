@@ -3,8 +3,8 @@
 //! `/api/v1/...`, `/metrics`, `/healthz` and `/readyz` request relayed (method, Authorization, Content-Type and
 //! body) to the first node whose admin API answers, the leader first.
 //!
-//! The demo adds the cluster's admin token to relayed POSTs that carry none: whoever looks at a local demo can
-//! press switchover or drain without typing a token. That is fine on loopback, in a throw-away cluster, and is
+//! The demo adds the cluster's admin token to relayed requests that carry none: whoever looks at a local demo can
+//! press switchover or drain, and read the dialog list, without typing a token. That is fine on loopback, in a throw-away cluster, and is
 //! why this server must not listen anywhere else (the demo refuses a non-loopback `--listen`).
 //!
 //! It owns the HTTP listener only; the processes are behind [`DemoControl`], the nodes behind their admin API.
@@ -32,7 +32,7 @@ pub struct Web {
     pub leader: watch::Receiver<Option<u64>>,
     /// Every node's id and admin API base (`http://IP:PORT`).
     pub nodes: Vec<(u64, String)>,
-    /// The admin token, added to relayed POSTs that carry no Authorization.
+    /// The admin token, added to relayed requests that carry no Authorization.
     pub token: String,
 }
 
@@ -77,7 +77,7 @@ async fn relay(State(w): State<Arc<Web>>, method: Method, uri: Uri, headers: Hea
         .iter()
         .filter_map(|h| Some((h.as_str().to_owned(), headers.get(h)?.to_str().ok()?.to_owned())))
         .collect();
-    if method == Method::POST && !headers.contains_key(header::AUTHORIZATION) {
+    if !headers.contains_key(header::AUTHORIZATION) {
         pass.push(("Authorization".into(), format!("Bearer {}", w.token)));
     }
     let leader = *w.leader.borrow();
