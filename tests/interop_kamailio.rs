@@ -30,6 +30,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::baresip::{Phone, PhoneSpec, SipTransport};
+use common::front_tls::front_tls;
 use common::kamailio::Kamailio;
 use common::*;
 
@@ -91,7 +92,7 @@ impl Rig {
         let mut ca = None;
         if tp == SipTransport::Tls {
             let tls = SocketAddr::new(IpAddr::V4(front_ip), 5061);
-            let (ca_file, section) = make_tls(&h, front_ip);
+            let (ca_file, section) = front_tls(&h.dir, front_ip);
             cfg = cfg.listen(&format!("tls:{tls}")).section(&section);
             outbound = tls;
             ca = Some(ca_file);
@@ -211,30 +212,6 @@ impl Rig {
         assert_sent_at_most_twice(&self.alice, cid);
         self.assert_no_proxy_errors();
     }
-}
-
-/// A CA and a certificate for sipfront's address (rcgen), as PEM files in the test dir: the CA file and the
-/// `[tls]` section.
-fn make_tls(h: &Harness, ip: Ipv4Addr) -> (std::path::PathBuf, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sipfront interop CA");
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().expect("key")).expect("CA");
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(vec![ip.to_string()]).expect("leaf params");
-    params.distinguished_name.push(rcgen::DnType::CommonName, ip.to_string());
-    let cert = params.signed_by(&key, &ca).expect("leaf");
-    let (ca_file, crt, key_file) = (h.dir.join("ca.pem"), h.dir.join("front.crt"), h.dir.join("front.key"));
-    std::fs::write(&ca_file, ca.pem()).expect("write CA");
-    std::fs::write(&crt, cert.pem()).expect("write cert");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
-    let section = format!(
-        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"",
-        crt.display(),
-        key_file.display(),
-        ca_file.display()
-    );
-    (ca_file, section)
 }
 
 /// Every final answer `phone` sent to an INVITE of this call went out at most twice: the ACK reached it (a

@@ -1,6 +1,6 @@
 //! Real phones calling through sipfront and a bridging PBX: two baresip phones, the Sippy B2BUA (every call two
 //! dialogs, each with its own Call-ID, as commercial PBXs such as PortSIP do) and Kamailio as the registrar
-//! behind it. Test numbers (tests/common/mod.rs): 230-236.
+//! behind it. Test numbers (tests/common/mod.rs): 230-236 and 134-137.
 //!
 //! ```text
 //!   alice 127.0.0.N:5070 ──┐                      ┌─ REGISTER (its stateful proxy) ──┐
@@ -18,13 +18,17 @@
 //! the requests Kamailio sends as a PBX's. One test leaves Kamailio out of sipfront's backends: a registrar it does
 //! not know, reaching phones only through their Path and sipfront's Record-Route tokens. Each test checks what both
 //! phones saw (events, RTP both ways, calls gone), what the PBX saw (in its SIP log, both legs ended), and that
-//! sipfront answered nothing with 482, 481 or 408 (`sipfront_final_responses_total`).
+//! sipfront answered nothing with 482, 481 or 408 (`sipfront_final_responses_total`). The phones' leg runs over
+//! UDP, TCP (one call) or TLS (the two hangups; sipfront's `tls:` listener); the B2BUA speaks UDP only. Hold and
+//! resume are re-INVITEs the B2BUA relays leg to leg; the register test refreshes and unregisters through it.
 
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::baresip::{Phone, PhoneSpec, SipTransport};
+use common::baresip::{Event, Phone, PhoneSpec, SipTransport};
+use common::front_tls::front_tls;
 use common::sippy::{Bridged, LegEnd, Registrar, Sippy};
 use common::*;
 
@@ -53,10 +57,12 @@ enum RegistrarIs {
 
 /// Start the registrar, the B2BUA, sipfront (with its admin listener) and two registered phones.
 fn rig(name: &str, n: u8, tp: SipTransport) -> Rig {
-    rig_with(name, n, tp, RegistrarIs::Backend)
+    rig_with(name, n, tp, RegistrarIs::Backend, 60)
 }
 
-fn rig_with(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs) -> Rig {
+/// [`rig`], with the registrar's place for sipfront and alice's registration interval (seconds) chosen. Over TLS
+/// the phones reach sipfront's `tls:` listener on 127.0.0.N:5061 (its certificate from a test CA they trust).
+fn rig_with(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs, alice_regint: u32) -> Rig {
     let mut h = Harness::new(name, n);
     let registrar = Registrar::start(&h.dir, h.pbx(PBX2_PORT));
     let pbx = Sippy::start(&h.dir, h.pbx(PBX1_PORT), registrar.addr, registrar.addr);
@@ -66,18 +72,29 @@ fn rig_with(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs) -> R
     if registrar_is == RegistrarIs::Backend {
         cfg = cfg.backend("kamailio", registrar.addr, Tp::Udp);
     }
-    let cfg = cfg.section(&format!("[admin]\nlisten = \"{admin}\""));
+    let mut cfg = cfg.section(&format!("[admin]\nlisten = \"{admin}\""));
+    let (mut outbound, mut ca) = (h.sipfront(), None);
+    if tp == SipTransport::Tls {
+        let tls = SocketAddr::new(IpAddr::V4(h.front_ip()), 5061);
+        let (ca_file, section) = front_tls(&h.dir, h.front_ip());
+        cfg = cfg.listen(&format!("tls:{tls}")).section(&section);
+        (outbound, ca) = (tls, Some(ca_file));
+    }
     h.start_sipfront(&cfg);
     let domain = h.front_ip().to_string();
-    let phone = |user: &str, sip_port: u16, ctrl_port: u16| {
-        let mut spec = PhoneSpec::new(user, user, &domain, h.front_ip()).transport(tp).outbound(h.sipfront());
+    let phone = |user: &str, sip_port: u16, ctrl_port: u16, regint: u32| {
+        let mut spec =
+            PhoneSpec::new(user, user, &domain, h.front_ip()).transport(tp).outbound(outbound).regint(regint);
+        if let Some(ca) = &ca {
+            spec = spec.ca_file(ca);
+        }
         // baresip listens on sip_port for UDP and TCP and on sip_port + 1 for TLS.
         spec.sip_port = sip_port;
         spec.ctrl_port = ctrl_port;
         Phone::start(spec, &h.dir)
     };
-    let mut alice = phone("alice", 5070, 4444);
-    let mut bob = phone("bob", 5074, 4445);
+    let mut alice = phone("alice", 5070, 4444, alice_regint);
+    let mut bob = phone("bob", 5074, 4445, 60);
     alice.wait_registered(WAIT);
     bob.wait_registered(WAIT);
     // Both REGISTERs reached the registrar by way of the B2BUA's proxy, each with sipfront's Path (its flow token
@@ -174,7 +191,7 @@ fn assert_front_clean(admin: &str) {
 }
 
 fn call_caller_hangs_up(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs) {
-    let mut r = rig_with(name, n, tp, registrar_is);
+    let mut r = rig_with(name, n, tp, registrar_is, 60);
     let call = r.answer();
     r.alice.hangup();
     r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
@@ -211,9 +228,8 @@ fn udp_call_through_a_registrar_sipfront_does_not_list() {
     call_caller_hangs_up("sippy_unlisted_registrar", 236, SipTransport::Udp, RegistrarIs::Unlisted);
 }
 
-#[test]
-fn udp_call_callee_hangs_up() {
-    let mut r = rig("sippy_callee_bye", 231, SipTransport::Udp);
+fn call_callee_hangs_up(name: &str, n: u8, tp: SipTransport) {
+    let mut r = rig(name, n, tp);
     let call = r.answer();
     r.bob.hangup();
     r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
@@ -223,6 +239,22 @@ fn udp_call_callee_hangs_up() {
     assert!(byes.iter().all(|t| t.msg.header("Call-ID") == Some(&call.incoming)), "alice's BYEs: {byes:?}");
     let to_bob = r.bob.sip_trace().into_iter().filter(|t| !t.sent && t.msg.method() == Some("BYE")).count();
     assert_eq!(to_bob, 0, "bob's own BYE came back to bob");
+}
+
+#[test]
+fn udp_call_callee_hangs_up() {
+    call_callee_hangs_up("sippy_callee_bye", 231, SipTransport::Udp);
+}
+
+/// The phones' leg over TLS (sipfront's `tls:` listener), the B2BUA's over UDP.
+#[test]
+fn tls_call_media_both_ways_caller_hangs_up() {
+    call_caller_hangs_up("sippy_tls_caller_bye", 135, SipTransport::Tls, RegistrarIs::Backend);
+}
+
+#[test]
+fn tls_call_callee_hangs_up() {
+    call_callee_hangs_up("sippy_tls_callee_bye", 136, SipTransport::Tls);
 }
 
 #[test]
@@ -259,5 +291,94 @@ fn udp_call_to_unregistered_user_gets_the_pbx_answer() {
     assert_eq!(ends, (Some(LegEnd::Failed(404)), Some(LegEnd::Failed(404))), "the B2BUA's legs of {call:?}");
     r.alice.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.bob.count_events("CALL_INCOMING"), 0, "bob was not called");
+    assert_front_clean(&r.admin);
+}
+
+/// alice holds and resumes: each re-INVITE reaches the B2BUA on the A leg, which sends its own on the B leg, through
+/// the registrar and sipfront to bob; media flows again after the resume.
+#[test]
+fn udp_hold_and_resume_through_the_b2bua() {
+    let mut r = rig("sippy_hold", 134, SipTransport::Udp);
+    let call = r.answer();
+    let answered = |e: &Event| e.kind == "CALL_REMOTE_SDP" && e.param == "answer";
+    r.alice.clear_pending();
+    r.bob.clear_pending();
+    r.alice.hold();
+    r.alice.try_wait_event_where(WAIT, answered).expect("alice got the answer to her hold");
+    r.bob.wait_event("CALL_REMOTE_SDP", WAIT);
+    assert_eq!(r.alice.audio_dir().as_deref(), Some("sendonly"), "alice holds");
+    assert_eq!(r.bob.audio_dir().as_deref(), Some("recvonly"), "bob is held");
+    let before = r.alice.rtp();
+    r.alice.resume();
+    r.alice.try_wait_event_where(WAIT, answered).expect("alice got the answer to her resume");
+    r.bob.wait_event("CALL_REMOTE_SDP", WAIT);
+    assert_eq!(r.alice.audio_dir().as_deref(), Some("sendrecv"));
+    assert_eq!(r.bob.audio_dir().as_deref(), Some("sendrecv"));
+    r.alice.wait_rtp(WAIT, before);
+    // On each leg the INVITE and both re-INVITEs (counted by CSeq: a UDP retransmission is the same request), each
+    // answered 200 and ACKed.
+    let b_leg = call.outgoing.clone().unwrap_or_default();
+    for (leg, cid) in [("A", &call.incoming), ("B", &b_leg)] {
+        let msgs = r.pbx.messages();
+        let cseqs = |pred: &dyn Fn(&SipMsg) -> bool| {
+            let of_leg = msgs.iter().filter(|m| m.msg.header("Call-ID") == Some(cid.as_str()) && pred(&m.msg));
+            of_leg.filter_map(|m| m.msg.header("CSeq").map(String::from)).collect::<std::collections::BTreeSet<_>>()
+        };
+        let invites = cseqs(&|m| m.method() == Some("INVITE"));
+        let oks = cseqs(&|m| m.status() == Some(200) && m.cseq_method() == Some("INVITE"));
+        let acks = cseqs(&|m| m.method() == Some("ACK"));
+        assert_eq!(invites.len(), 3, "the {leg} leg's INVITEs at the B2BUA: {invites:?}");
+        assert_eq!(oks.len(), 3, "the 200s to the {leg} leg's INVITEs: {oks:?}");
+        assert_eq!(acks.len(), 3, "the {leg} leg's ACKs: {acks:?}");
+    }
+    let re_invites = r.registrar.lines().into_iter().filter(|l| l.is_request("INVITE", &b_leg)).count();
+    assert!(re_invites >= 3, "the registrar (record-routing) saw the B leg's INVITE and both re-INVITEs");
+    r.alice.hangup();
+    r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
+}
+
+/// Register (both phones at setup), refresh (alice every 3 s), each relayed by the B2BUA to the registrar with
+/// sipfront's Path; a call to the refreshed binding (bob calls alice, then cancels); unregister, after which a call
+/// to alice gets the registrar's 404 through the B2BUA.
+#[test]
+fn udp_register_refresh_unregister_through_the_b2bua() {
+    let mut r = rig_with("sippy_register", 137, SipTransport::Udp, RegistrarIs::Backend, 3);
+    let alices = |l: &common::sippy::RegLine| {
+        l.is_method("REGISTER") && l.field("contact").is_some_and(|c| c.starts_with("<sip:alice"))
+    };
+    r.alice.wait_event("REGISTER_OK", Duration::from_secs(15));
+    let regs: Vec<_> = r.registrar.lines().into_iter().filter(alices).collect();
+    assert!(regs.len() >= 2, "the registrar saw no refresh:\n{}", r.registrar.log_text());
+    let (b2bua, front) = (r.pbx.addr.to_string(), format!("@{};lr", r.h.sipfront()));
+    for reg in &regs {
+        assert_eq!(reg.field("src"), Some(b2bua.as_str()), "relayed by the B2BUA: {}", reg.line);
+        assert!(reg.field("path").unwrap_or_default().contains(&front), "with sipfront's Path: {}", reg.line);
+    }
+    // The refreshed binding reaches alice: bob calls, alice rings, bob gives up.
+    let alice_uri = r.uri("alice");
+    r.bob.dial(&alice_uri);
+    r.alice.wait_event("CALL_INCOMING", WAIT);
+    r.bob.wait_event("CALL_RINGING", WAIT);
+    let call = r.bridged();
+    r.bob.hangup();
+    r.bob.wait_event("CALL_CLOSED", WAIT);
+    r.alice.wait_event("CALL_CLOSED", WAIT);
+    let ends = r.pbx.wait_legs_end(&call, Instant::now() + WAIT);
+    assert_eq!(ends, (Some(LegEnd::Failed(487)), Some(LegEnd::Failed(487))), "the B2BUA's legs of {call:?}");
+    r.alice.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
+    // Unregister: alice's REGISTER with expires 0 reaches the registrar by way of the B2BUA; then she is unknown.
+    r.alice.unregister();
+    let gone = |l: &common::sippy::RegLine| {
+        alices(l) && (l.field("expires") == Some("0") || l.field("contact").is_some_and(|c| c.ends_with("expires=0")))
+    };
+    let reg = r.registrar.expect(WAIT, "alice's REGISTER with expires 0", gone);
+    assert_eq!(reg.field("src"), Some(b2bua.as_str()), "relayed by the B2BUA: {}", reg.line);
+    r.bob.dial(&alice_uri);
+    let closed = r.bob.wait_event("CALL_CLOSED", WAIT);
+    assert!(closed.param.starts_with("404"), "a call to unregistered alice: {closed:?}");
+    let call = r.bridged();
+    let ends = r.pbx.wait_legs_end(&call, Instant::now() + WAIT);
+    assert_eq!(ends, (Some(LegEnd::Failed(404)), Some(LegEnd::Failed(404))), "the B2BUA's legs of {call:?}");
+    r.bob.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
     assert_front_clean(&r.admin);
 }

@@ -12,14 +12,16 @@
 //!   baresip   Phone: a real baresip SIP phone driven over ctrl_tcp              processes, sockets
 //!   kamailio  Kamailio: a real registrar/proxy PBX, its request log             processes, sockets
 //!   sippy     Sippy: the Sippy B2BUA as a bridging PBX; Registrar: Kamailio behind  processes, sockets
+//!   front_tls a CA and sipfront's certificate as PEM files, and its [tls] table    files
 //! ```
 //!
-//! `browser`, `baresip` and `kamailio` are used by path (`common::browser::Browser`, `common::baresip::Phone`), not
-//! re-exported: only the browser and interop tests need them.
+//! `browser`, `baresip`, `kamailio`, `sippy` and `front_tls` are used by path (`common::browser::Browser`,
+//! `common::baresip::Phone`), not re-exported: only the browser and interop tests need them.
 #![allow(dead_code)]
 
 pub mod baresip;
 pub mod browser;
+pub mod front_tls;
 pub mod http;
 pub mod kamailio;
 pub mod proc;
