@@ -246,7 +246,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             break 'hops;
                         }
                         tracing::debug!(to = %target.addr, "no answer to INVITE (timer B)");
-                        ctx.backend_failed(hop.backend, "INVITE timeout");
+                        ctx.backend_timed_out(hop.backend, "INVITE timeout");
                         fallback = (408, "Request Timeout");
                         ctx.note_failover("timeout", last_hop);
                         continue 'hops;

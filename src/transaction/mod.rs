@@ -298,6 +298,15 @@ impl Ctx {
     }
 
     /// A failure on real traffic toward a backend counts against its health.
+    /// A request the backend never answered. With probes on this does not count: anyone can send requests a PBX
+    /// ignores (an INVITE flood to unknown numbers), and three such timeouts would take a PBX that answers every
+    /// probe out of service. The probes decide then; with probes off, silence is all there is to go by.
+    fn backend_timed_out(&self, backend: Option<usize>, why: &str) {
+        if !self.proxy.settings.health.enabled {
+            self.backend_failed(backend, why);
+        }
+    }
+
     fn backend_failed(&self, backend: Option<usize>, why: &str) {
         if let Some(b) = backend {
             self.proxy.health.failure(b, why);

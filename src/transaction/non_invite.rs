@@ -89,7 +89,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                     let now = Instant::now();
                     if timer_f <= now {
                         tracing::debug!(to = %target.addr, method = %String::from_utf8_lossy(ctx.req.method_bytes()), "no answer (timer F)");
-                        ctx.backend_failed(hop.backend, "request timeout");
+                        ctx.backend_timed_out(hop.backend, "request timeout");
                         ctx.note_failover("timeout", last_hop);
                         fallback = (408, "Request Timeout");
                         continue 'hops;

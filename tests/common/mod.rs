@@ -360,6 +360,19 @@ impl Harness {
             .collect()
     }
 
+    /// The sipfront process itself (not the `timeout` it runs under), for what /proc says of it (resident memory).
+    pub fn sipfront_pid(&self) -> u32 {
+        let p = self.procs.iter().find(|p| p.label == "sipfront").expect("sipfront was not started");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(pid) = child_pids(p.child.id()).first().and_then(|c| c.parse().ok()) {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no sipfront process under its `timeout`");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Whether sipfront is still running.
     pub fn sipfront_alive(&mut self) -> bool {
         self.procs.iter_mut().find(|p| p.label == "sipfront").is_some_and(|p| p.try_wait().is_none())
