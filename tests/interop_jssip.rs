@@ -462,6 +462,8 @@ fn cancel_before_answer() {
     r.pbx.expect(WAIT, "the CANCEL", &cid, |l| l.is_request("CANCEL", &cid));
     r.pbx.expect(WAIT, "the 487", &cid, |l| l.is_reply(487, "INVITE", &cid));
     r.pbx.expect(WAIT, "the ACK of the 487", &cid, |l| l.is_request("ACK", &cid));
+    // JsSIP reports the cancel before the 487 is in: wait for it, then count.
+    r.poll("the 487 at alice", WAIT, |r| r.finals_received("alice", &cid, 487) > 0);
     assert_eq!(r.finals_received("alice", &cid, 487), 1, "alice got the 487 once:\n{}", r.traces());
     r.assert_sent_at_most_twice("bob", &cid);
     r.assert_no_proxy_errors();

@@ -110,6 +110,8 @@ impl Ctrl {
                     self.buf.extend_from_slice(&chunk[..n]);
                     got |= self.take_frames();
                 }
+                // A signal (a child exiting) interrupts the read: just read again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                     if got || Instant::now() >= deadline {
                         return got;
