@@ -153,6 +153,46 @@ fn a_message_that_stalls_or_trickles_is_closed_after_message_timeout() {
     assert_eq!(normal.expect_msg(WAIT, "200 after the slow clients").status(), Some(200));
 }
 
+/// Lone CR or LF bytes are not keep-alives (RFC 5626 pings are a double CRLF): trickled once every 200 ms they
+/// do not hold a connection past `tcp_idle_timeout`, while a client that pings with double CRLFs stays.
+#[test]
+fn lone_crlf_bytes_do_not_keep_a_connection_open_but_pings_do() {
+    let mut h = Harness::new("lone_crlf", 19);
+    let admin = start(&mut h, &["tcp_idle_timeout = \"1s\""], None, "");
+    let mut noise = TcpPeer::connect(h.front_ip(), h.sipfront());
+    let mut pinger = TcpPeer::connect(h.front_ip(), h.sipfront());
+    let started = Instant::now();
+    let mut noise_closed = None;
+    // Bounded: 40 rounds of 200 ms; the idle timeout is 1 s.
+    for round in 0..40 {
+        if noise_closed.is_none() {
+            let byte: &[u8] = if round % 2 == 0 { b"\r" } else { b"\n" };
+            if noise.send(byte).is_err() {
+                noise_closed = Some(started.elapsed());
+            }
+        }
+        pinger.send(b"\r\n\r\n").unwrap();
+        if noise_closed.is_none() {
+            if let TcpRead::Closed = noise.recv(Duration::from_millis(100)) {
+                noise_closed = Some(started.elapsed());
+            }
+        }
+        match pinger.recv(Duration::from_millis(100)) {
+            TcpRead::Closed => panic!("a client that pings was closed after {:?}", started.elapsed()),
+            TcpRead::Timeout | TcpRead::Msg(_) => {}
+        }
+        if noise_closed.is_some() && started.elapsed() > Duration::from_millis(2500) {
+            break;
+        }
+    }
+    let closed = noise_closed.expect("the client trickling lone CR/LF bytes was never closed");
+    assert!(closed >= Duration::from_secs(1) && closed < Duration::from_secs(3), "closed after {closed:?}");
+    let idle = counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "idle")]);
+    assert_eq!(idle, 1.0, "closed as idle, once");
+    pinger.send(options_to(pinger.local, h.sipfront(), Tp::Tcp, "still-here").as_bytes()).unwrap();
+    assert_eq!(pinger.expect_msg(WAIT, "200 on the pinging connection").status(), Some(200));
+}
+
 /// The HTTP upgrade to `ws://to/` (subprotocol `sip`) by hand; the raw stream after it and any bytes read past
 /// the 101. Nothing answers pings on it.
 fn raw_ws_upgrade(from: Ipv4Addr, to: SocketAddr) -> (TcpStream, Vec<u8>) {

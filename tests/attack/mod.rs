@@ -24,6 +24,12 @@ use crate::common::{http_exchange, metric_sample, Harness, Proc};
 
 /// The first attacker of test N: 127.0.2.N (the legitimate caller keeps 127.0.0.N, so a ban on an attacker
 /// cannot touch it).
+/// One attack at a time: two floods side by side on two cores starve the legitimate callers both check.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub fn attacker(h: &Harness) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 2, h.n)
 }
