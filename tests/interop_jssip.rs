@@ -26,143 +26,38 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::browser::Browser;
+use common::jssip::{tls_section, Phones, WAIT};
 use common::kamailio::Kamailio;
 use common::*;
-use serde_json::Value;
 
 const WSS_PORT: u16 = 5067;
 const ADMIN_PORT: u16 = 9090;
 const PAGE_PORT: u16 = 8080;
-/// Where `scripts/fetch-jssip.sh` puts JsSIP when not told otherwise (`SIPFRONT_JSSIP`).
-const JSSIP_DEFAULT: &str = "/var/tmp/sipfront-npm/jssip-3.13.8";
-/// Deadline for anything that must happen (Chromium's start and a call's ICE included).
-const WAIT: Duration = Duration::from_secs(15);
-/// Both phones hold no session this soon after a hangup.
-const HANGUP: Duration = Duration::from_secs(2);
-const CHROMIUM_FLAGS: [&str; 4] = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--ignore-certificate-errors",
-];
-
-// ------------------------------------------------------------------------------------------------ the page
-
-/// JsSIP's CommonJS modules and their dependencies as one script for `tests/webrtc/require.js` (the same bundle
-/// `tests/webrtc_browser.rs` makes; see there).
-fn jssip_bundle() -> String {
-    let dir = std::env::var_os("SIPFRONT_JSSIP").map(PathBuf::from).unwrap_or_else(|| JSSIP_DEFAULT.into());
-    let root = dir.join("node_modules");
-    assert!(root.join("jssip/lib/JsSIP.js").is_file(), "no JsSIP in {}: run scripts/fetch-jssip.sh", dir.display());
-    let mut stack = vec![root.clone()];
-    let mut files = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read node_modules").flatten() {
-            let (path, name) = (e.path(), e.file_name().to_string_lossy().into_owned());
-            if path.is_dir() && name != "test" && name != "tests" {
-                stack.push(path);
-            } else if name.ends_with(".js") || name == "package.json" {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    let mut js = String::from(include_str!("webrtc/require.js"));
-    js.push_str("\nwindow.require = installRequire({\n");
-    for path in files {
-        let key = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
-        let source = std::fs::read_to_string(&path).expect("read a module");
-        let body = match source.strip_prefix("#!") {
-            _ if key.ends_with(".json") => format!("module.exports = {source};"),
-            Some(rest) => format!("//{rest}"),
-            None => source,
-        };
-        js.push_str(&format!("{}: function (require, module, exports) {{\n{body}\n}},\n", serde_json::json!(key)));
-    }
-    js + "});\n"
-}
-
-/// `tests/webrtc/phones.html` at `/` and the bundle at `/jssip.js`, from a thread that ends when the listener is
-/// shut down (on drop, by a last connection after the flag is set).
-struct PageServer {
-    addr: SocketAddr,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl PageServer {
-    fn start(addr: SocketAddr) -> PageServer {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (stop2, script) = (stop.clone(), jssip_bundle());
-        std::thread::spawn(move || {
-            for c in listener.incoming().flatten() {
-                if stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                serve(c, &script);
-            }
-        });
-        PageServer { addr, stop }
-    }
-}
-
-fn serve(mut c: TcpStream, script: &str) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
-    let (mut req, mut buf) = (Vec::new(), [0u8; 4096]);
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match c.read(&mut buf) {
-            Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
-            _ => return,
-        }
-    }
-    let path = String::from_utf8_lossy(&req).split(' ').nth(1).unwrap_or("/").to_owned();
-    let (status, kind, body) = match path.split('?').next() {
-        Some("/") => ("200 OK", "text/html", include_str!("webrtc/phones.html")),
-        Some("/jssip.js") => ("200 OK", "text/javascript", script),
-        _ => ("404 Not Found", "text/plain", ""),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = c.write_all(head.as_bytes()).and_then(|_| c.write_all(body.as_bytes()));
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-/// A self-signed certificate for sipfront's address; the `[tls]` section naming it.
-fn tls_section(h: &Harness) -> String {
-    let ip = h.front_ip().to_string();
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = rcgen::CertificateParams::new(vec![ip]).expect("params").self_signed(&key).expect("certificate");
-    let (crt, key_file) = (h.dir.join("front.crt"), h.dir.join("front.key"));
-    std::fs::write(&crt, cert.pem()).expect("write cert");
-    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
-    format!("[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"", crt.display(), key_file.display())
-}
 
 // ------------------------------------------------------------------------------------------------ the rig
 
-/// Everything one test runs; fields drop in order: the browser, the page server, Kamailio, then the harness.
+/// Everything one test runs; fields drop in order: the phones (the browser, the page server), Kamailio, then the
+/// harness. The phones' methods (`tests/shared/jssip.rs`) are the rig's, by `Deref`.
 struct Rig {
-    browser: Browser,
-    _pages: PageServer,
+    phones: Phones,
     pbx: Kamailio,
     admin: String,
-    domain: String,
     h: Harness,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = Phones;
+    fn deref(&self) -> &Phones {
+        &self.phones
+    }
+}
+
+impl std::ops::DerefMut for Rig {
+    fn deref_mut(&mut self) -> &mut Phones {
+        &mut self.phones
+    }
 }
 
 impl Rig {
@@ -171,9 +66,8 @@ impl Rig {
     fn new(scenario: &str, n: u8, alice_expires: u32) -> Rig {
         let mut h = Harness::new(&format!("jssip_{scenario}"), n);
         let ip = h.front_ip();
-        let (admin, origin) = (format!("{ip}:{ADMIN_PORT}"), format!("http://{ip}:{PAGE_PORT}"));
+        let (admin, page) = (format!("{ip}:{ADMIN_PORT}"), h.front(PAGE_PORT));
         let pbx = Kamailio::start(&h.dir, h.pbx(PBX1_PORT), &format!("sip:{}", h.sipfront()), true);
-        let pages = PageServer::start(h.front(PAGE_PORT));
         // A token, or sipfront warns that switchover and drain are refused (the test wants a log without warnings).
         let token = h.dir.join("admin.token");
         std::fs::write(&token, "jssip-interop-admin-token-0123456789").unwrap();
@@ -181,88 +75,18 @@ impl Rig {
             .backend("kamailio", pbx.addr, Tp::Udp)
             .health("1s", "500ms", 3, 1)
             .listen(&format!("wss:{ip}:{WSS_PORT}"))
-            .section(&tls_section(&h))
-            .section(&format!("[websocket]\nallowed_origins = [\"{origin}\"]"))
+            .section(&tls_section(&h.dir, ip))
+            .section(&format!("[websocket]\nallowed_origins = [\"http://{page}\"]"))
             .section(&format!("[admin]\nlisten = \"{admin}\"\ntoken_file = \"{}\"", token.display()));
         h.start_sipfront(&cfg);
-        let url = format!("{origin}/?ws=wss://{ip}:{WSS_PORT}");
-        let browser = Browser::open_with(&format!("jssip-{scenario}"), &url, &CHROMIUM_FLAGS);
-        let mut r = Rig { browser, _pages: pages, pbx, admin, domain: ip.to_string(), h };
-        r.browser.wait_for("the page loads JsSIP", "typeof window.startPhone === 'function'", WAIT);
-        for (who, expires) in [("alice", alice_expires), ("bob", 600)] {
-            r.js(&format!("startPhone('{who}', 'sip:{who}@{}', {expires})", r.domain));
-        }
+        let ws = format!("wss://{ip}:{WSS_PORT}");
+        let phones = Phones::open(&format!("jssip-{scenario}"), page, &ws, &ip.to_string());
+        let mut r = Rig { phones, pbx, admin, h };
+        r.start_phone("alice", alice_expires);
+        r.start_phone("bob", 600);
         r.wait_event("alice", "registered");
         r.wait_event("bob", "registered");
         r
-    }
-
-    fn js(&mut self, expr: &str) -> Value {
-        self.browser.eval(expr)
-    }
-
-    fn uri(&self, user: &str) -> String {
-        format!("sip:{user}@{}", self.domain)
-    }
-
-    fn events(&mut self, who: &str) -> Vec<Value> {
-        self.js(&format!("phones.{who}.events")).as_array().cloned().unwrap_or_default()
-    }
-
-    /// The SIP messages `who` sent (true) and received over its WebSocket.
-    fn trace(&mut self, who: &str) -> Vec<(bool, SipMsg)> {
-        let v = self.js(&format!("phones.{who}.trace"));
-        let items = v.as_array().cloned().unwrap_or_default();
-        items.iter().filter_map(|t| Some((t[0] == "out", SipMsg::parse(t[1].as_str()?.as_bytes())?))).collect()
-    }
-
-    /// Both phones' SIP traces, headers only (for failure messages).
-    fn traces(&mut self) -> String {
-        let mut out = String::new();
-        for who in ["alice", "bob"] {
-            for (sent, m) in self.trace(who) {
-                let heads: Vec<String> = m.headers.iter().map(|(k, v)| format!("    {k}: {v}")).collect();
-                out += &format!("{who} {} {}\n{}\n", if sent { "sent" } else { "got" }, m.start, heads.join("\n"));
-            }
-        }
-        out
-    }
-
-    /// Poll until `who` recorded the event `ev`; the first such event.
-    fn wait_event(&mut self, who: &str, ev: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(e) = self.events(who).into_iter().find(|e| e["ev"] == ev) {
-                return e;
-            }
-            if Instant::now() >= deadline {
-                let page = self.browser.text();
-                panic!("{who} had no `{ev}` within {WAIT:?}; the page:\n{page}\nSIP:\n{}", self.traces());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `who`'s event `ev` came from `originator` with `cause` ("": none).
-    fn expect_event(&mut self, who: &str, ev: &str, originator: &str, cause: &str) -> Value {
-        let e = self.wait_event(who, ev);
-        let got = (e["originator"].as_str(), e["cause"].as_str().unwrap_or_default());
-        assert_eq!(got, (Some(originator), cause), "{who}'s `{ev}`: {e}");
-        e
-    }
-
-    /// Poll until `who` received and sent more RTP packets than `above`; the counts.
-    fn wait_rtp(&mut self, who: &str, above: (u64, u64)) -> (u64, u64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.js(&format!("rtp('{who}')"));
-            let got = (v["received"].as_u64().unwrap_or(0), v["sent"].as_u64().unwrap_or(0));
-            if got.0 > above.0 && got.1 > above.1 {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "{who}'s RTP (received, sent) stayed at {got:?}, above {above:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
     }
 
     /// Poll `done` every 50 ms until it holds; at `within`, panic with `what` and both SIP traces.
@@ -272,38 +96,6 @@ impl Rig {
             assert!(Instant::now() < deadline, "{what}: not within {within:?}; SIP:\n{}", self.traces());
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-
-    /// Called right after a hangup: neither phone holds a session or dialog within [`HANGUP`] of now.
-    fn assert_idle_soon(&mut self) {
-        self.poll("no JsSIP session or dialog left", HANGUP, |r| r.js("held('alice') + held('bob')") == 0);
-    }
-
-    /// How many `code` answers to a `method` `who` received.
-    fn answers(&mut self, who: &str, code: u16, method: &str) -> usize {
-        let trace = self.trace(who);
-        trace.iter().filter(|(sent, m)| !sent && m.status() == Some(code) && m.cseq_method() == Some(method)).count()
-    }
-
-    /// `who` sent each final answer to an INVITE of `cid` at most twice (JsSIP resends its 2xx until the ACK).
-    fn assert_sent_at_most_twice(&mut self, who: &str, cid: &str) {
-        let mut per_answer = std::collections::BTreeMap::<String, usize>::new();
-        for (sent, m) in self.trace(who) {
-            let of_call = m.header("Call-ID") == Some(cid) && m.cseq_method() == Some("INVITE");
-            if sent && of_call && m.status().is_some_and(|s| s >= 200) {
-                *per_answer.entry(format!("{} {}", m.header("CSeq").unwrap_or(""), m.start)).or_default() += 1;
-            }
-        }
-        for (answer, n) in per_answer {
-            assert!(n <= 2, "{who} sent `{answer}` {n} times, no ACK reached it:\n{}", self.traces());
-        }
-    }
-
-    /// How often `who` received a final answer `code` to an INVITE of `cid`.
-    fn finals_received(&mut self, who: &str, cid: &str, code: u16) -> usize {
-        let trace = self.trace(who);
-        let of_call = |m: &SipMsg| m.header("Call-ID") == Some(cid) && m.cseq_method() == Some("INVITE");
-        trace.iter().filter(|(sent, m)| !sent && of_call(m) && m.status() == Some(code)).count()
     }
 
     /// sipfront runs, counted final responses, and none of them 482, 481 or 408; it logged no warning.

@@ -12,10 +12,11 @@
 //!   baresip   Phone: a real baresip SIP phone driven over ctrl_tcp              processes, sockets
 //!   kamailio  Kamailio: a real registrar/proxy PBX, its request log             processes, sockets
 //!   sippy     Sippy: the Sippy B2BUA as a bridging PBX; Registrar: Kamailio behind  processes, sockets
+//!   jssip     Phones: two JsSIP WebRTC phones on a page in Chromium, and the page   processes, sockets
 //!   front_tls a CA and sipfront's certificate as PEM files, and its [tls] table    files
 //! ```
 //!
-//! `browser`, `baresip`, `kamailio`, `sippy` and `front_tls` are used by path (`common::browser::Browser`,
+//! `browser`, `baresip`, `kamailio`, `sippy`, `jssip` and `front_tls` are used by path (`common::browser::Browser`,
 //! `common::baresip::Phone`), not re-exported: only the browser and interop tests need them.
 #![allow(dead_code)]
 
@@ -23,6 +24,7 @@ pub mod baresip;
 pub mod browser;
 pub mod front_tls;
 pub mod http;
+pub mod jssip;
 pub mod kamailio;
 pub mod proc;
 pub mod sip_text;
