@@ -1,6 +1,6 @@
 //! Real phones calling through sipfront and a bridging PBX: two baresip phones, the Sippy B2BUA (every call two
 //! dialogs, each with its own Call-ID, as commercial PBXs such as PortSIP do) and Kamailio as the registrar
-//! behind it. Test numbers (tests/common/mod.rs): 230-236 and 134-137.
+//! behind it. Test numbers (tests/common/mod.rs): 230-236, 134-137, 106-109 and 148.
 //!
 //! ```text
 //!   alice 127.0.0.N:5070 ──┐                      ┌─ REGISTER (its stateful proxy) ──┐
@@ -19,8 +19,9 @@
 //! not know, reaching phones only through their Path and sipfront's Record-Route tokens. Each test checks what both
 //! phones saw (events, RTP both ways, calls gone), what the PBX saw (in its SIP log, both legs ended), and that
 //! sipfront answered nothing with 482, 481 or 408 (`sipfront_final_responses_total`). The phones' leg runs over
-//! UDP, TCP (one call) or TLS (the two hangups; sipfront's `tls:` listener); the B2BUA speaks UDP only. Hold and
-//! resume are re-INVITEs the B2BUA relays leg to leg; the register test refreshes and unregisters through it.
+//! UDP, TCP or TLS (sipfront's `tls:` listener); the B2BUA speaks UDP only. Over TCP and TLS one test carries three
+//! calls in turn (CANCEL, 486, 404). Hold and resume are re-INVITEs the B2BUA relays leg to leg; the register test
+//! refreshes and unregisters through it.
 
 mod common;
 
@@ -43,6 +44,8 @@ struct Rig {
     registrar: Registrar,
     admin: String,
     domain: String,
+    /// How many of the B2BUA's calls [`Rig::bridged`] has returned: the next one it returns is a later call.
+    calls_seen: usize,
     h: Harness,
 }
 
@@ -109,7 +112,7 @@ fn rig_with(name: &str, n: u8, tp: SipTransport, registrar_is: RegistrarIs, alic
         let path = reg.field("path").unwrap_or_default();
         assert!(path.contains(&format!("@{front};lr")), "sipfront's Path with its flow token: {}", reg.line);
     }
-    Rig { alice, bob, pbx, registrar, admin, domain, h }
+    Rig { alice, bob, pbx, registrar, admin, domain, calls_seen: 0, h }
 }
 
 impl Rig {
@@ -129,12 +132,14 @@ impl Rig {
         call
     }
 
-    /// The latest call the B2BUA took, once its log shows both legs' INVITEs (it writes the log from a thread).
-    fn bridged(&self) -> Bridged {
+    /// The latest call the B2BUA took, once its log shows both legs' INVITEs (it writes the log from a thread);
+    /// a call taken after the one returned last time (a rig may carry several calls).
+    fn bridged(&mut self) -> Bridged {
         let deadline = Instant::now() + WAIT;
         loop {
             let calls = self.pbx.calls();
-            if let Some(c) = calls.last().filter(|c| c.outgoing.is_some()) {
+            if let Some(c) = calls.last().filter(|c| c.outgoing.is_some() && calls.len() > self.calls_seen) {
+                self.calls_seen = calls.len();
                 return c.clone();
             }
             assert!(Instant::now() < deadline, "the B2BUA bridged no call: {calls:?}");
@@ -246,6 +251,11 @@ fn udp_call_callee_hangs_up() {
     call_callee_hangs_up("sippy_callee_bye", 231, SipTransport::Udp);
 }
 
+#[test]
+fn tcp_call_callee_hangs_up() {
+    call_callee_hangs_up("sippy_tcp_callee_bye", 106, SipTransport::Tcp);
+}
+
 /// The phones' leg over TLS (sipfront's `tls:` listener), the B2BUA's over UDP.
 #[test]
 fn tls_call_media_both_ways_caller_hangs_up() {
@@ -257,29 +267,28 @@ fn tls_call_callee_hangs_up() {
     call_callee_hangs_up("sippy_tls_callee_bye", 136, SipTransport::Tls);
 }
 
-#[test]
-fn udp_cancel_before_answer() {
-    let mut r = rig("sippy_cancel", 232, SipTransport::Udp);
+/// alice cancels while bob rings: 487 on both legs, the B leg's CANCEL through the registrar.
+fn cancel_before_answer(r: &mut Rig) {
+    let established = r.bob.count_events("CALL_ESTABLISHED");
     let call = r.ring();
     r.alice.hangup();
     let (_, b) = r.assert_ended(&call, (LegEnd::Failed(487), LegEnd::Failed(487)));
-    assert!(!r.bob.events().iter().any(|e| e.kind == "CALL_ESTABLISHED"), "bob never answered: {b}");
+    assert_eq!(r.bob.count_events("CALL_ESTABLISHED"), established, "bob never answered: {b}");
     let b_leg = call.outgoing.clone().unwrap_or_default();
     r.registrar.expect(WAIT, "the B leg's CANCEL", |l| l.is_request("CANCEL", &b_leg));
 }
 
-#[test]
-fn udp_busy_callee_486_reaches_caller() {
-    let mut r = rig("sippy_busy", 233, SipTransport::Udp);
+/// bob rejects the ringing call with 486; alice's call closes with it.
+fn busy_callee_486(r: &mut Rig) {
     let call = r.ring();
     r.bob.hangup(); // rejects the ringing call with 486
     let (a, _) = r.assert_ended(&call, (LegEnd::Failed(486), LegEnd::Failed(486)));
     assert!(a.contains("486"), "alice's call closed with: {a}");
 }
 
-#[test]
-fn udp_call_to_unregistered_user_gets_the_pbx_answer() {
-    let mut r = rig("sippy_nouser", 234, SipTransport::Udp);
+/// alice calls a user with no binding: the registrar's 404 through the B2BUA and sipfront.
+fn unregistered_user_404(r: &mut Rig) {
+    let incoming = r.bob.count_events("CALL_INCOMING");
     let uri = r.uri("nobody");
     r.alice.dial(&uri);
     let closed = r.alice.wait_event("CALL_CLOSED", WAIT);
@@ -290,15 +299,53 @@ fn udp_call_to_unregistered_user_gets_the_pbx_answer() {
     let ends = r.pbx.wait_legs_end(&call, Instant::now() + WAIT);
     assert_eq!(ends, (Some(LegEnd::Failed(404)), Some(LegEnd::Failed(404))), "the B2BUA's legs of {call:?}");
     r.alice.wait_no_calls(WAIT).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(r.bob.count_events("CALL_INCOMING"), 0, "bob was not called");
+    assert_eq!(r.bob.count_events("CALL_INCOMING"), incoming, "bob was not called");
     assert_front_clean(&r.admin);
+}
+
+#[test]
+fn udp_cancel_before_answer() {
+    cancel_before_answer(&mut rig("sippy_cancel", 232, SipTransport::Udp));
+}
+
+#[test]
+fn udp_busy_callee_486_reaches_caller() {
+    busy_callee_486(&mut rig("sippy_busy", 233, SipTransport::Udp));
+}
+
+#[test]
+fn udp_call_to_unregistered_user_gets_the_pbx_answer() {
+    unregistered_user_404(&mut rig("sippy_nouser", 234, SipTransport::Udp));
+}
+
+/// Over a stream transport (one test number for three cells): one rig, three calls in turn, each judged as its
+/// UDP test judges it: a CANCEL before the answer, a 486 from bob, a call to a user with no binding.
+fn cancel_busy_and_unregistered(name: &str, n: u8, tp: SipTransport) {
+    let mut r = rig(name, n, tp);
+    cancel_before_answer(&mut r);
+    r.alice.clear_pending();
+    r.bob.clear_pending();
+    busy_callee_486(&mut r);
+    r.alice.clear_pending();
+    r.bob.clear_pending();
+    unregistered_user_404(&mut r);
+    assert_eq!(r.pbx.calls().len(), 3, "the B2BUA took three calls");
+}
+
+#[test]
+fn tcp_cancel_busy_486_and_unregistered_user_404() {
+    cancel_busy_and_unregistered("sippy_tcp_fail", 108, SipTransport::Tcp);
+}
+
+#[test]
+fn tls_cancel_busy_486_and_unregistered_user_404() {
+    cancel_busy_and_unregistered("sippy_tls_fail", 148, SipTransport::Tls);
 }
 
 /// alice holds and resumes: each re-INVITE reaches the B2BUA on the A leg, which sends its own on the B leg, through
 /// the registrar and sipfront to bob; media flows again after the resume.
-#[test]
-fn udp_hold_and_resume_through_the_b2bua() {
-    let mut r = rig("sippy_hold", 134, SipTransport::Udp);
+fn hold_and_resume(name: &str, n: u8, tp: SipTransport) {
+    let mut r = rig(name, n, tp);
     let call = r.answer();
     let answered = |e: &Event| e.kind == "CALL_REMOTE_SDP" && e.param == "answer";
     r.alice.clear_pending();
@@ -335,6 +382,21 @@ fn udp_hold_and_resume_through_the_b2bua() {
     assert!(re_invites >= 3, "the registrar (record-routing) saw the B leg's INVITE and both re-INVITEs");
     r.alice.hangup();
     r.assert_ended(&call, (LegEnd::Bye, LegEnd::Bye));
+}
+
+#[test]
+fn udp_hold_and_resume_through_the_b2bua() {
+    hold_and_resume("sippy_hold", 134, SipTransport::Udp);
+}
+
+#[test]
+fn tcp_hold_and_resume_through_the_b2bua() {
+    hold_and_resume("sippy_tcp_hold", 107, SipTransport::Tcp);
+}
+
+#[test]
+fn tls_hold_and_resume_through_the_b2bua() {
+    hold_and_resume("sippy_tls_hold", 109, SipTransport::Tls);
 }
 
 /// Register (both phones at setup), refresh (alice every 3 s), each relayed by the B2BUA to the registrar with

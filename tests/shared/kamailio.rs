@@ -28,7 +28,8 @@ pub struct PbxLine {
 }
 
 impl PbxLine {
-    /// The value of `key=`, up to the next space (`m`, `ru`, `cid`, `cs`, `mf`, `src`, `s`, `expires`, `contact`).
+    /// The value of `key=`, up to the next space (`m`, `ru`, `cid`, `cs`, `mf`, `src`, `s`, `expires`, `path`,
+    /// `contact`).
     pub fn field(&self, key: &str) -> Option<&str> {
         let pat = format!(" {key}=");
         let at = self.line.find(&pat)? + pat.len();
