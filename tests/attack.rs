@@ -158,7 +158,7 @@ fn svmap_scan_never_rings_the_pbx_and_its_sources_are_banned() {
         );
     }
     assert!(plain_options(&h, attacker(&h), Duration::from_secs(1)).is_none(), "a banned source is not answered");
-    let m = metrics(&admin);
+    let m = metrics_text(&admin);
     eprintln!("attack: svmap metrics:\n{}", attack_series(&m));
     assert_eq!(sample(&m, r#"sipfront_guard_dropped_total{reason="user_agent"}"#), 2.0, "one scanner packet each");
     assert_eq!(sample(&m, r#"sipfront_guard_bans_total{reason="user_agent"}"#), 2.0);
@@ -230,7 +230,7 @@ fn svwar_enumeration_is_cut_off_and_banned() {
     let bound = 1000 + 50 * compact_run.elapsed.as_secs() as usize;
     assert!(registers <= bound, "{registers} REGISTERs reached the PBX, more than the bucket's {bound}");
 
-    let m = metrics(&admin);
+    let m = metrics_text(&admin);
     eprintln!("attack: svwar metrics:\n{}", attack_series(&m));
     assert_eq!(sample(&m, r#"sipfront_guard_bans_total{reason="user_agent"}"#), 1.0);
     assert_eq!(sample(&m, r#"sipfront_guard_bans_total{reason="rate"}"#), 1.0, "the compact scan is banned");
@@ -287,7 +287,7 @@ fn svcrack_password_guessing_is_cut_off_and_banned() {
     assert!(registers <= bound, "{registers} REGISTERs reached the PBX, more than the bucket's {bound}");
     assert!(guesses < 2718, "cut off before the right guess");
 
-    let m = metrics(&admin);
+    let m = metrics_text(&admin);
     eprintln!("attack: svcrack metrics:\n{}", attack_series(&m));
     assert_eq!(sample(&m, r#"sipfront_guard_bans_total{reason="user_agent"}"#), 1.0);
     assert_eq!(sample(&m, r#"sipfront_guard_bans_total{reason="rate"}"#), 1.0, "the compact run is banned");
@@ -322,10 +322,10 @@ fn flood_run(h: &mut Harness, admin: &str, rate: u64, max: u64, secs: u64, legit
     let legit = h.wait_sipp(caller);
     // Timer B (64 x T1 = 6.4 s) ends the last flood INVITE, timer H its unacknowledged 408 as long again.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while sample(&metrics(admin), "sipfront_transactions_active") > 0.0 && Instant::now() < deadline {
+    while sample(&metrics_text(admin), "sipfront_transactions_active") > 0.0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let metrics = metrics(admin);
+    let metrics = metrics_text(admin);
     eprintln!(
         "attack: flood {sent} INVITEs in {:.1} s from {}; answers by code {:?}; RSS idle {:.1} MB, peak {:.1} MB\n\
          attack: RSS profile (s:MB) {}\nattack: {}",
@@ -492,7 +492,7 @@ fn relay_attempts_are_refused_and_the_target_hears_nothing() {
         assert_eq!(seen.has_call(&a.call_id), to_pbx.contains(&a.call_id), "{} at the PBX", a.name);
     }
     assert_eq!(seen.invite_packets, 0, "no INVITE of the stranger's reached the PBX");
-    let m = metrics(&admin);
+    let m = metrics_text(&admin);
     eprintln!("attack: relay metrics:\n{}", attack_series(&m));
     assert_eq!(sample(&m, r#"sipfront_relay_refused_total{reason="route"}"#), 4.0, "three Routes and an ACK's");
     assert_eq!(

@@ -289,7 +289,9 @@ async fn a_real_loop_still_gets_482() {
 #[tokio::test]
 async fn no_backend_up_means_503_with_retry_after_at_once() {
     let pbx = udp_socket().await; // answers nothing: the probes mark it down
-    let n = node_with_probes(&backend("pbx", "udp", pbx.local_addr().unwrap(), 1)).await;
+                                  // OPTIONS probes every 50 ms, one failure to go down.
+    let probes = "enabled = true\ninterval = \"50ms\"\ntimeout = \"50ms\"\ndown_after = 1\nup_after = 1";
+    let n = node_with_health(&backend("pbx", "udp", pbx.local_addr().unwrap(), 1), "", probes).await;
     let proxy = n.server.proxy.clone();
     let t0 = tokio::time::Instant::now();
     while proxy.health.is_up(0) {
@@ -322,34 +324,6 @@ async fn no_backend_up_means_503_with_retry_after_at_once() {
     }
     assert_eq!(proxy.stats.snapshot().no_backend, 2);
     n.server.shutdown().await;
-}
-
-/// A node like [`node`] but with OPTIONS probes every 50 ms, one failure to go down.
-async fn node_with_probes(backends: &str) -> Node {
-    let text = format!(
-        r#"
-[node]
-id = 1
-name = "t"
-[sip]
-listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]
-advertise = "127.0.0.1"
-[log]
-level = "warn"
-[health]
-enabled = true
-interval = "50ms"
-timeout = "50ms"
-down_after = 1
-up_after = 1
-{backends}
-"#
-    );
-    let cfg = sipfront::config::Config::from_toml(&text).expect("test config");
-    let server = sipfront::server::Server::start(&cfg, tokio_util::sync::CancellationToken::new()).await.unwrap();
-    let addr_of = |t| server.local_addrs().into_iter().find(|(tt, _)| *tt == t).unwrap().1;
-    let (udp, tcp) = (addr_of(sipfront::transport::Transport::Udp), addr_of(sipfront::transport::Transport::Tcp));
-    Node { server, udp, tcp }
 }
 
 /// A PBX that routes calls along our Path but does not Record-Route: in-dialog requests carry both our entries

@@ -101,13 +101,11 @@ impl Rig {
     /// sipfront runs, counted final responses, and none of them 482, 481 or 408; it logged no warning.
     fn assert_no_proxy_errors(&mut self) {
         assert!(self.h.sipfront_alive(), "sipfront died:\n{}", self.h.front_log_text());
-        let (status, text) = http_exchange(&self.admin, "GET", "/metrics", None, "").expect("admin answers");
-        assert_eq!(status, 200, "{text}");
-        let samples: Vec<&str> = text.lines().filter(|l| l.starts_with("sipfront_final_responses_total{")).collect();
-        let total: f64 = samples.iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+        let text = metrics_text(&self.admin);
+        let total = sample_sum(&final_response_lines(&text, None));
         assert!(total > 0.0, "sipfront counted no final response at all:\n{text}");
-        for code in ["482", "481", "408"] {
-            let bad: Vec<&&str> = samples.iter().filter(|l| l.contains(&format!("code=\"{code}\""))).collect();
+        for code in [482, 481, 408] {
+            let bad = final_response_lines(&text, Some(code));
             assert!(bad.is_empty(), "sipfront counted {bad:?}; SIP:\n{}", self.traces());
         }
         assert_eq!(self.h.front_log_problems(), Vec::<String>::new(), "sipfront warned");

@@ -177,13 +177,7 @@ impl Rig {
 
     /// The sum of the `sipfront_final_responses_total` samples with this code (all origins).
     fn final_responses(&self, code: u16) -> f64 {
-        let (status, text) = http_exchange(&self.admin, "GET", "/metrics", None, "").expect("admin answers");
-        assert_eq!(status, 200, "{text}");
-        let label = format!("code=\"{code}\"");
-        text.lines()
-            .filter(|l| l.starts_with("sipfront_final_responses_total{") && l.contains(&label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sample_sum(&final_response_lines(&metrics_text(&self.admin), Some(code)))
     }
 
     /// sipfront still runs, counted the 200s it relayed (bob's REGISTERs at least), and no 482, 481 or 408.

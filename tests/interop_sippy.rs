@@ -177,13 +177,7 @@ impl Rig {
 
 /// sipfront's count of final responses with `code` (every `origin`), 0 when never counted.
 fn final_responses(admin: &str, code: u16) -> f64 {
-    let (status, text) = http_exchange(admin, "GET", "/metrics", None, "").expect("sipfront's admin API answers");
-    assert_eq!(status, 200, "{text}");
-    let label = format!("code=\"{code}\"");
-    text.lines()
-        .filter(|l| l.starts_with("sipfront_final_responses_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    sample_sum(&final_response_lines(&metrics_text(admin), Some(code)))
 }
 
 /// No 482 (a spiral taken for a loop), 481 (a request lost its dialog or transaction) or 408 from sipfront; the

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::common::{http_exchange, metric_sample, Harness, Proc};
+use crate::common::{metric_sample, Harness, Proc};
 
 /// The first attacker of test N: 127.0.2.N (the legitimate caller keeps 127.0.0.N, so a ban on an attacker
 /// cannot touch it).
@@ -144,14 +144,6 @@ impl ToolRun {
 }
 
 // ------------------------------------------------------------------------------------------------ /metrics
-
-/// sipfront's Prometheus exposition from its admin address.
-pub fn metrics(admin: &str) -> String {
-    let (code, text) =
-        http_exchange(admin, "GET", "/metrics", None, "").unwrap_or_else(|| panic!("{admin}: no answer"));
-    assert_eq!(code, 200, "GET /metrics: {text}");
-    text
-}
 
 /// One sample, 0 when the series does not exist (yet).
 pub fn sample(text: &str, series: &str) -> f64 {

@@ -49,3 +49,24 @@ pub fn metric_sample(text: &str, metric: &str) -> Option<f64> {
         .find(|l| l.starts_with(metric) && l[metric.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next().and_then(|v| v.parse().ok()))
 }
+
+/// The admin API's `/metrics` exposition (unauthenticated), asserting it answered 200.
+pub fn metrics_text(admin: &str) -> String {
+    let (status, text) = http_exchange(admin, "GET", "/metrics", None, "").expect("sipfront's admin API answers");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// The `sipfront_final_responses_total` sample lines of an exposition: those of one code, or all of them.
+pub fn final_response_lines(text: &str, code: Option<u16>) -> Vec<&str> {
+    let label = code.map(|c| format!("code=\"{c}\""));
+    text.lines()
+        .filter(|l| l.starts_with("sipfront_final_responses_total{"))
+        .filter(|l| label.as_ref().is_none_or(|label| l.contains(label.as_str())))
+        .collect()
+}
+
+/// The sum of some sample lines' values.
+pub fn sample_sum(lines: &[&str]) -> f64 {
+    lines.iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}

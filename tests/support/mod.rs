@@ -26,6 +26,11 @@ pub struct Node {
 }
 
 pub async fn node(backends: &str, extra_sip: &str) -> Node {
+    node_with_health(backends, extra_sip, "enabled = false").await
+}
+
+/// A node like [`node`] whose `[health]` table holds `health` (probes on, say).
+pub async fn node_with_health(backends: &str, extra_sip: &str, health: &str) -> Node {
     let text = format!(
         r#"
 [node]
@@ -38,7 +43,7 @@ advertise = "127.0.0.1"
 [log]
 level = "warn"
 [health]
-enabled = false
+{health}
 {backends}
 "#
     );
