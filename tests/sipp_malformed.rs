@@ -19,6 +19,8 @@ const WAIT: Duration = Duration::from_secs(3);
 enum Expect {
     /// `400 Bad Request (<reason>)` with `Warning: 399 <host> "<reason>"`.
     BadRequest(&'static str),
+    /// Another refusal with the same Warning: 416 Unsupported URI Scheme, 505 Version Not Supported.
+    Refused(u16, &'static str),
     /// No answer at all.
     Dropped,
 }
@@ -95,10 +97,57 @@ fn udp_cases(trap: std::net::SocketAddr) -> Vec<(&'static str, Vec<u8>, Expect)>
         ("binary garbage", junk(300, 7), Dropped),
         ("binary garbage with CRLFs", [junk(100, 8), b"\r\n\r\n".to_vec(), junk(50, 9)].concat(), Dropped),
         ("text garbage", b"hello sipfront, how are you?\r\n\r\n".to_vec(), Dropped),
-        ("start line without SIP version", edit(" SIP/2.0\r\nVia", "\r\nVia"), Dropped),
-        ("start line with one token", edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE"), Dropped),
-        ("unsupported SIP version", edit("$FRONT SIP/2.0\r\n", "$FRONT SIP/3.0\r\n"), Dropped),
-        ("NUL inside the method", edit("INVITE sip:", "INV\0ITE sip:"), Dropped),
+        // A broken start line, but the headers to answer from are there.
+        ("start line without SIP version", edit(" SIP/2.0\r\nVia", "\r\nVia"), BadRequest("bad start line")),
+        (
+            "start line with one token",
+            edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE"),
+            BadRequest("bad start line"),
+        ),
+        (
+            "a name-addr as Request-URI",
+            edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE Anonymous <sip:service@$FRONT> SIP/2.0"),
+            BadRequest("bad start line"),
+        ),
+        (
+            "unsupported SIP version",
+            edit("$FRONT SIP/2.0\r\n", "$FRONT SIP/3.0\r\n"),
+            Refused(505, "unsupported SIP version"),
+        ),
+        ("NUL inside the method", edit("INVITE sip:", "INV\0ITE sip:"), BadRequest("bad start line")),
+        // Parseable, but too odd to pass on (sip::sanity).
+        (
+            "two Call-IDs",
+            edit("Call-ID: $CID\r\n", "Call-ID: $CID\r\ni: other-$CID\r\n"),
+            BadRequest("more than one Call-ID"),
+        ),
+        (
+            "two Tos",
+            edit("To: <sip:service@$FRONT>\r\n", "To: <sip:service@$FRONT>\r\nTo: <sip:other@$FRONT>\r\n"),
+            BadRequest("more than one To"),
+        ),
+        (
+            "a lone CR inside a header",
+            edit("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nSubject: hi\rX-Smuggled: 1\r\n"),
+            BadRequest("control character in the header section"),
+        ),
+        (
+            "a NUL inside a header",
+            edit("To: <sip:", "To: \0<sip:"),
+            BadRequest("control character in the header section"),
+        ),
+        ("CSeq 2**31", edit("CSeq: 1 INVITE", "CSeq: 2147483648 INVITE"), BadRequest("missing or bad CSeq")),
+        ("From without an address", edit("From: <sip:tester@$IP>", "From: tester"), BadRequest("bad From")),
+        (
+            "Request-URI without a host",
+            edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE sip:service@ SIP/2.0"),
+            BadRequest("bad Request-URI"),
+        ),
+        (
+            "http: Request-URI",
+            edit("INVITE sip:service@$FRONT SIP/2.0", "INVITE http://$FRONT/ SIP/2.0"),
+            Refused(416, "unsupported URI scheme"),
+        ),
         ("header section not terminated", edit("Content-Length: 0\r\n\r\n", "Content-Length: 0\r\n"), Dropped),
         ("no Via", without("Via: SIP/2.0/UDP $LOCAL;branch=z9hG4bK-$CID;rport\r\n"), Dropped),
         ("unparseable Via", edit("Via: SIP/2.0/UDP $LOCAL;", "Via: garbage;"), Dropped),
@@ -138,9 +187,19 @@ fn fill(data: &[u8], h: &Harness, local: std::net::SocketAddr, cid: &str) -> Vec
 
 /// What a 400 for a malformed request must look like; the first difference, if any.
 fn bad_request_mismatch(h: &Harness, resp: &SipMsg, reason: &str, cid: Option<&str>) -> Option<String> {
+    refusal_mismatch(h, resp, 400, reason, cid)
+}
+
+/// What our refusal of a malformed or odd request must look like (`code` 400, 416 or 505); the first difference.
+fn refusal_mismatch(h: &Harness, resp: &SipMsg, code: u16, reason: &str, cid: Option<&str>) -> Option<String> {
     let warning = format!("399 {} \"{reason}\"", h.front_ip());
-    if resp.status() != Some(400) || resp.reason() != format!("Bad Request ({reason})") {
-        return Some(format!("expected `400 Bad Request ({reason})`, got `{}`", resp.start));
+    let phrase = match code {
+        416 => "Unsupported URI Scheme".to_owned(),
+        505 => "Version Not Supported".to_owned(),
+        _ => format!("Bad Request ({reason})"),
+    };
+    if resp.status() != Some(code) || resp.reason() != phrase {
+        return Some(format!("expected `{code} {phrase}`, got `{}`", resp.start));
     }
     if resp.header("Warning") != Some(warning.as_str()) {
         return Some(format!("expected `Warning: {warning}`, got {:?}", resp.header("Warning")));
@@ -172,13 +231,14 @@ fn check_case(
     match expect {
         Expect::Dropped if before.is_empty() => Ok(()),
         Expect::Dropped => Err(format!("expected no answer, got:\n{}", raw_list(before))),
-        Expect::BadRequest(reason) => {
+        Expect::BadRequest(reason) | Expect::Refused(_, reason) => {
+            let code = if let Expect::Refused(code, _) = expect { code } else { 400 };
             let [(raw, parsed)] = before else {
-                return Err(format!("expected one 400, got {}:\n{}", before.len(), raw_list(before)));
+                return Err(format!("expected one {code}, got {}:\n{}", before.len(), raw_list(before)));
             };
             let resp = parsed.as_ref().ok_or_else(|| format!("unparseable answer: {raw:?}"))?;
             let cid = (!case.contains("Call-ID")).then_some(cid);
-            match bad_request_mismatch(h, resp, reason, cid) {
+            match refusal_mismatch(h, resp, code, reason, cid) {
                 None => Ok(()),
                 Some(e) => Err(format!("{e}\n{raw}")),
             }
@@ -277,10 +337,15 @@ fn malformed_tcp_closes_only_that_connection() {
     let resp = c.expect_msg(WAIT, "400 over TCP");
     assert_bad_request(&h, &resp, "missing or bad CSeq", Some("tcp-no-cseq"), "TCP request without CSeq");
     options_ok(&mut c, &h, "after-400", "same connection after a 400");
-    // Framed but unparseable (bad start line): the framing can no longer be trusted, the connection closes.
+    // A bad start line is answered too when the headers to answer from are there.
     let bad = tcp_invite(&h, &c, "tcp-bad-start").replace(" SIP/2.0\r\nVia", "\r\nVia");
     c.send(bad.as_bytes()).expect("send");
-    assert_closed_silently(&mut c, "a framed message with a bad start line");
+    let resp = c.expect_msg(WAIT, "400 over TCP");
+    assert_bad_request(&h, &resp, "bad start line", Some("tcp-bad-start"), "TCP request with a bad start line");
+    // Framed but unanswerable (no Via): the framing can no longer be trusted, the connection closes.
+    let bad = tcp_invite(&h, &c, "tcp-no-via").replace(" SIP/2.0\r\nVia", "\r\nX-Via");
+    c.send(bad.as_bytes()).expect("send");
+    assert_closed_silently(&mut c, "a framed message with a bad start line and no Via");
 
     // No Content-Length on a stream: closed.
     let mut c = TcpPeer::connect(h.front_ip(), h.sipfront());

@@ -63,22 +63,28 @@ impl Proxy {
         self.transports.send(src.into(), b.build());
     }
 
-    /// A message that did not parse: 400 when it is a request we can answer, else drop and count.
+    /// A message that did not parse or is too odd to pass on (`sip::sanity`): answered when it is a request we can
+    /// answer (400, 416 or 505, `ParseError::status`), else dropped and counted.
     pub(crate) fn on_malformed(self: &Arc<Self>, data: Bytes, err: ParseError, src: Source) -> Verdict {
         match Message::parse_for_reply(data) {
             Some(req) if req.method() != Some(Method::Ack) => {
                 self.stats.malformed_rejected.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::MALFORMED_REJECTED, "reason" => err.reason()).increment(1);
-                tracing::debug!(from = %src.remote, reason = err.reason(), "malformed request, answering 400");
-                let reason = format!("Bad Request ({})", err.reason());
+                let code = err.status();
+                tracing::debug!(from = %src.remote, reason = err.reason(), code, "malformed request, answering");
+                let reason = match code {
+                    416 => "Unsupported URI Scheme".to_owned(),
+                    505 => "Version Not Supported".to_owned(),
+                    _ => format!("Bad Request ({})", err.reason()),
+                };
                 let warning = format!("399 {} \"{}\"", self.settings.advertise_host(), err.reason());
                 let tag = self.local_tag();
-                let resp = ResponseBuilder::new(&req, 400, &reason)
+                let resp = ResponseBuilder::new(&req, code, &reason)
                     .source(src.remote)
                     .to_tag(tag.as_bytes())
                     .header("Warning", warning.as_bytes())
                     .build();
-                m::final_response(400, "local");
+                m::final_response(code, "local");
                 self.transports.send(src.into(), resp);
                 Verdict::Accepted
             }

@@ -37,9 +37,41 @@ pub enum ParseError {
     BadMaxForwards,
     #[error("message too large")]
     TooLarge,
+    #[error("more than one Call-ID")]
+    DuplicateCallId,
+    #[error("more than one CSeq")]
+    DuplicateCSeq,
+    #[error("more than one From")]
+    DuplicateFrom,
+    #[error("more than one To")]
+    DuplicateTo,
+    #[error("more than one Max-Forwards")]
+    DuplicateMaxForwards,
+    #[error("control character in the header section")]
+    ControlByte,
+    #[error("bad Call-ID")]
+    BadCallId,
+    #[error("bad From")]
+    BadFrom,
+    #[error("bad To")]
+    BadTo,
+    #[error("bad Request-URI")]
+    BadRequestUri,
+    #[error("unsupported URI scheme")]
+    UnsupportedUriScheme,
 }
 
 impl ParseError {
+    /// The status code of our answer to a request that fails so: 416 for a Request-URI scheme we do not route
+    /// (RFC 3261 §16.3 step 2), 505 for another SIP version (§21.5.7), else 400.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::UnsupportedUriScheme => 416,
+            ParseError::BadVersion => 505,
+            _ => 400,
+        }
+    }
+
     /// The reason text as a static str (used as reason phrase and in counters).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -60,6 +92,17 @@ impl ParseError {
             ParseError::MissingTo => "missing To",
             ParseError::BadMaxForwards => "bad Max-Forwards",
             ParseError::TooLarge => "message too large",
+            ParseError::DuplicateCallId => "more than one Call-ID",
+            ParseError::DuplicateCSeq => "more than one CSeq",
+            ParseError::DuplicateFrom => "more than one From",
+            ParseError::DuplicateTo => "more than one To",
+            ParseError::DuplicateMaxForwards => "more than one Max-Forwards",
+            ParseError::ControlByte => "control character in the header section",
+            ParseError::BadCallId => "bad Call-ID",
+            ParseError::BadFrom => "bad From",
+            ParseError::BadTo => "bad To",
+            ParseError::BadRequestUri => "bad Request-URI",
+            ParseError::UnsupportedUriScheme => "unsupported URI scheme",
         }
     }
 }

@@ -119,7 +119,14 @@ impl Message {
             return Err(ParseError::Empty);
         }
         let (sl_end, mut next) = line_end(b, pos).ok_or(ParseError::Truncated)?;
-        let start = parse_start_line(b, pos, sl_end)?;
+        let start = match parse_start_line(b, pos, sl_end) {
+            Ok(start) => start,
+            // Reading only to answer: a request whose start line is broken (`BYE Anonymous <sip:x> SIP/2.0`) is
+            // still answerable from its Via, From, To, Call-ID and CSeq. Its method is the first word when that
+            // is a token, so that a broken ACK is still never answered.
+            Err(_) if !strict && !b[pos..sl_end].starts_with(b"SIP/") => broken_request_line(b, pos, sl_end),
+            Err(e) => return Err(e),
+        };
 
         let mut msg = Message {
             buf: Bytes::new(),
@@ -261,6 +268,7 @@ impl Message {
         if msg.header(HeaderName::MaxForwards).is_some() && msg.max_forwards().is_none() {
             return Err(ParseError::BadMaxForwards);
         }
+        super::sanity::check(&msg, &msg.buf[pos..hend])?;
         Ok(msg)
     }
 
@@ -476,6 +484,16 @@ fn is_lws(c: u8) -> bool {
 
 fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+}
+
+/// The start line of a request that [`parse_start_line`] refused, for answering it: the first word as its method
+/// when that word is a token, and no Request-URI.
+fn broken_request_line(b: &[u8], s: usize, e: usize) -> StartLine {
+    let word = memchr::memchr(b' ', &b[s..e]).map_or(e, |sp| s + sp);
+    let token = word > s && b[s..word].iter().all(|c| is_token_char(*c));
+    let method = if token { Method::from_bytes(&b[s..word]) } else { Method::Other };
+    let raw_end = if token { word } else { s };
+    StartLine::Request { method, method_raw: s as u32..raw_end as u32, uri: raw_end as u32..raw_end as u32 }
 }
 
 fn parse_start_line(b: &[u8], s: usize, e: usize) -> Result<StartLine, ParseError> {

@@ -13,6 +13,7 @@ mod error;
 mod header;
 mod message;
 mod method;
+mod sanity;
 mod values;
 
 pub use build::{ForwardEdit, ResponseBuilder, SERVER_NAME};

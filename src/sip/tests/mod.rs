@@ -106,3 +106,4 @@ mod build;
 mod parse;
 mod reject;
 mod round_trip;
+mod sanity;

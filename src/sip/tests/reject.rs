@@ -175,6 +175,17 @@ fn parse_error_reason_matches_display() {
         MissingTo,
         BadMaxForwards,
         TooLarge,
+        DuplicateCallId,
+        DuplicateCSeq,
+        DuplicateFrom,
+        DuplicateTo,
+        DuplicateMaxForwards,
+        ControlByte,
+        BadCallId,
+        BadFrom,
+        BadTo,
+        BadRequestUri,
+        UnsupportedUriScheme,
     ] {
         assert_eq!(e.to_string(), e.reason());
     }

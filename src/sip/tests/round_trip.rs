@@ -334,6 +334,7 @@ fn round_trip_holds_for_mutations() {
         }
     }
     eprintln!("{parsed} of {total} mutations parsed and round-tripped");
-    // The mutations must leave enough messages parseable for the round trip to be exercised.
-    assert!(parsed * 4 > total, "only {parsed} of {total} mutations parsed");
+    // The mutations must leave enough messages parseable for the round trip to be exercised (a fifth: many
+    // mutations write a control byte, which `sip::sanity` refuses).
+    assert!(parsed * 5 > total, "only {parsed} of {total} mutations parsed");
 }
