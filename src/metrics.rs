@@ -63,6 +63,7 @@ pub const RELAY_REFUSED: &str = "sipfront_relay_refused_total";
 pub const RESPONSES_DROPPED: &str = "sipfront_responses_dropped_total";
 pub const GUARD_DROPPED: &str = "sipfront_guard_dropped_total";
 pub const GUARD_BANS: &str = "sipfront_guard_bans_total";
+pub const GUARD_AUTH_FAILURES: &str = "sipfront_guard_auth_failures_total";
 pub const GUARD_BANS_ACTIVE: &str = "sipfront_guard_bans_active";
 pub const GUARD_SOURCES: &str = "sipfront_guard_sources";
 pub const GUARD_EVICTED: &str = "sipfront_guard_evicted_total";
@@ -121,7 +122,7 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_CLOSED,
         "Stream connections sipfront closed itself, by transport and reason (limit, handshake_timeout, \
-         handshake_failed, slow_message, too_large, malformed, idle, ping_timeout)"
+         handshake_failed, slow_message, too_large, malformed, idle, ping_timeout, banned)"
     );
     describe_counter!(TLS_RELOADS, "Certificate reloads on SIGHUP, by result (ok, error)");
     describe_gauge!(BUILD_INFO, "Always 1; labels carry the version");
@@ -197,7 +198,11 @@ pub fn describe() {
         GUARD_DROPPED,
         "Messages dropped unanswered by the guard, by reason (banned, rate, register_rate, initial_rate, user_agent)"
     );
-    describe_counter!(GUARD_BANS, "Source addresses banned, by reason (rate, user_agent)");
+    describe_counter!(GUARD_BANS, "Source addresses banned, by reason (rate, user_agent, auth)");
+    describe_counter!(
+        GUARD_AUTH_FAILURES,
+        "Credentials the PBX refused to a stranger (401/407 to a request with credentials, 403, 404 to REGISTER)"
+    );
     describe_gauge!(GUARD_BANS_ACTIVE, "Source addresses banned now (replicated bans included)");
     describe_gauge!(GUARD_SOURCES, "Source addresses the guard tracks rates for (security.max_sources at most)");
     describe_counter!(

@@ -53,6 +53,15 @@ pub struct SecurityConfig {
     /// cluster. Default `"5m"` (Kamailio's sample `ipban` table expires after 300 s too).
     #[serde(default = "default_ban_time")]
     pub ban_time: ConfigDuration,
+    /// A source whose credentials the PBX refuses this many times within `auth_ban_window` is banned for
+    /// `ban_time` (fail2ban's rule for a PBX): a 401/407 to a request that carried credentials (not a `stale`
+    /// nonce), a 403, a 404 to a REGISTER. A first challenge never counts. Default 20: svcrack's guessing gets
+    /// 20 tries; a phone with a wrong password that retries every 30 s never gets there. `0` turns it off.
+    #[serde(default = "default_auth_ban_after")]
+    pub auth_ban_after: u32,
+    /// The window for `auth_ban_after`. Default `"1m"`.
+    #[serde(default = "default_auth_ban_window")]
+    pub auth_ban_window: ConfigDuration,
     /// Source addresses tracked at most (each ~100 bytes); past it the stalest are forgotten first. IPv6 sources
     /// are tracked (and banned) per /64, a subscriber's usual allocation. Default 100000.
     #[serde(default = "default_max_sources")]
@@ -99,6 +108,12 @@ fn default_ban_window() -> ConfigDuration {
 fn default_ban_time() -> ConfigDuration {
     ConfigDuration::secs(300)
 }
+fn default_auth_ban_after() -> u32 {
+    20
+}
+fn default_auth_ban_window() -> ConfigDuration {
+    ConfigDuration::secs(60)
+}
 fn default_max_sources() -> usize {
     100_000
 }
@@ -125,6 +140,8 @@ impl Default for SecurityConfig {
             ban_after: default_ban_after(),
             ban_window: default_ban_window(),
             ban_time: default_ban_time(),
+            auth_ban_after: default_auth_ban_after(),
+            auth_ban_window: default_auth_ban_window(),
             max_sources: default_max_sources(),
             max_bans: default_max_bans(),
             allow: default_allow(),
@@ -181,6 +198,12 @@ impl SecurityConfig {
         }
         if self.ban_time.get().is_zero() {
             return Err(invalid("security.ban_time", "must be above zero (a ban that lasts no time bans nothing)"));
+        }
+        if self.auth_ban_after > 0 && self.auth_ban_window.get() < Duration::from_secs(1) {
+            return Err(invalid(
+                "security.auth_ban_window",
+                "must be at least 1s (failures come one answer at a time)",
+            ));
         }
         if self.max_sources == 0 {
             return Err(invalid("security.max_sources", "must be at least 1"));

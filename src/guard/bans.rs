@@ -6,7 +6,7 @@
 //! closest to expiring are lifted first. Expired bans stop matching at once and leave the map at the next sweep.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -22,6 +22,8 @@ pub enum BanReason {
     Rate,
     /// Its User-Agent matched `security.drop_user_agents`.
     UserAgent,
+    /// The PBX refused its credentials `security.auth_ban_after` times within `auth_ban_window`.
+    Auth,
 }
 
 impl BanReason {
@@ -29,6 +31,7 @@ impl BanReason {
         match self {
             BanReason::Rate => "rate",
             BanReason::UserAgent => "user_agent",
+            BanReason::Auth => "auth",
         }
     }
 }
@@ -59,6 +62,9 @@ pub struct BanList {
     /// Bans and lifts go to the cluster through it (disabled on a standalone node).
     journal: Journal,
     trimming: AtomicBool,
+    /// Bumped by every ban made or applied (not by lifts or expiry): who holds connections to close looks again
+    /// only when it moved.
+    generation: AtomicU64,
 }
 
 impl BanList {
@@ -69,6 +75,7 @@ impl BanList {
             max: max.max(1),
             journal,
             trimming: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -95,6 +102,7 @@ impl BanList {
             match reason {
                 BanReason::Rate => metrics::counter!(m::GUARD_BANS, "reason" => "rate").increment(1),
                 BanReason::UserAgent => metrics::counter!(m::GUARD_BANS, "reason" => "user_agent").increment(1),
+                BanReason::Auth => metrics::counter!(m::GUARD_BANS, "reason" => "auth").increment(1),
             }
         }
         new
@@ -174,8 +182,14 @@ impl BanList {
             Some(old) if old.until_us <= now_us => true, // an expired one not yet swept: a new ban all the same
             Some(_) => false,
         };
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.publish();
         new
+    }
+
+    /// Moves whenever a ban is made or applied, a lifted-and-renewed one included.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn remove(&self, key: IpAddr) -> bool {

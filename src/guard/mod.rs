@@ -7,6 +7,7 @@
 //!  sources.rs     SourceTable: three buckets and the strikes of every source address; capped, stalest evicted
 //!  bans.rs        BanList: banned sources until a deadline; capped; replicated through the cluster journal
 //!  user_agent.rs  UserAgentRules: User-Agent substrings that mark a scanner
+//!  auth.rs        which final answers of the PBX are a refused credential (password guessing, enumeration)
 //! ```
 //!
 //! What is dropped is dropped *silently*: no 503, no 429. A flood costs us a bucket check and a counter, not a
@@ -19,6 +20,7 @@
 //! per /64 (one subscriber's allocation: rotating addresses within it gains nothing). This module sends nothing
 //! and never blocks; the per-message cost for a known source is one DashMap lookup and no allocation.
 
+pub mod auth;
 mod bans;
 mod bucket;
 mod sources;
@@ -83,15 +85,17 @@ impl DropReason {
 pub enum Admission {
     /// A backend or an allowed address: nothing applies.
     Exempt,
-    /// Banned, or over its rate: drop it unread.
+    /// Over its rate: drop it unread.
     Drop,
+    /// Banned (already, or by this very message): drop it unread; a stream connection from it closes.
+    Banned,
     /// Counted and within its rate; a request still meets the method limits and the User-Agent rules.
     Counted { key: IpAddr, now_us: u64 },
 }
 
 impl Admission {
     pub fn is_drop(self) -> bool {
-        self == Admission::Drop
+        matches!(self, Admission::Drop | Admission::Banned)
     }
 }
 
@@ -134,6 +138,8 @@ impl Guard {
             ],
             ban_after: cfg.ban_after.max(1),
             ban_window_us: cfg.ban_window.get().as_micros() as u64,
+            auth_ban_after: cfg.auth_ban_after,
+            auth_window_us: cfg.auth_ban_window.get().as_micros() as u64,
         };
         let mut backends: Vec<IpAddr> = backends.into_iter().collect();
         backends.sort();
@@ -169,11 +175,15 @@ impl Guard {
         let now_us = self.now_us();
         if self.bans.is_banned(key, now_us) {
             self.count(DropReason::Banned);
-            return Admission::Drop;
+            return Admission::Banned;
         }
         match self.sources.take(key, Kind::All, now_us) {
             Take::Ok => Admission::Counted { key, now_us },
-            Take::Over { ban } => self.over(key, DropReason::Rate, ban, now_us),
+            Take::Over { ban: false } => self.over(key, DropReason::Rate, false, now_us),
+            Take::Over { ban: true } => {
+                self.over(key, DropReason::Rate, true, now_us);
+                Admission::Banned
+            }
         }
     }
 
@@ -239,6 +249,20 @@ impl Guard {
         self.ban_key(source_key(ip), reason, self.now_us());
     }
 
+    /// The PBX refused credentials from `ip` (see [`auth::is_failure`]): count it, and ban the source at
+    /// `security.auth_ban_after` within `auth_ban_window`. Backends and `security.allow` are never counted.
+    pub fn auth_failure(&self, ip: IpAddr) {
+        if self.is_exempt(ip) {
+            return;
+        }
+        metrics::counter!(m::GUARD_AUTH_FAILURES).increment(1);
+        let key = source_key(ip);
+        let now_us = self.now_us();
+        if self.sources.auth_failure(key, now_us) {
+            self.ban_key(key, BanReason::Auth, now_us);
+        }
+    }
+
     /// Lift the ban on `ip` (or its /64); replicated. Whether there was one.
     pub fn unban(&self, ip: IpAddr) -> bool {
         let lifted = self.bans.unban(source_key(ip));
@@ -246,6 +270,11 @@ impl Guard {
             tracing::info!(source = %source_key(ip), "guard: ban lifted");
         }
         lifted
+    }
+
+    /// Moves whenever a ban is made here or applied from another node.
+    pub fn ban_generation(&self) -> u64 {
+        self.bans.generation()
     }
 
     /// Whether `ip` is banned now.
@@ -292,17 +321,29 @@ impl Guard {
 /// How often expired bans are swept (the sources: every tenth time).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The background sweep of the guard's tables, until `shutdown`.
+/// The background sweep of the guard's tables, until `shutdown`. When a source was banned since the last round
+/// (here, by the admin API, or replicated from another node), the stream connections it holds are closed too:
+/// an idle one would otherwise stay open until its idle timeout.
 pub async fn sweeper(proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     let mut round = 0u64;
+    // A ban made or applied since the last round triggers a pass over the connections.
+    let mut seen = proxy.guard.ban_generation();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         round += 1;
-        proxy.guard.sweep(round % 10 == 0);
+        let guard = &proxy.guard;
+        guard.sweep(round % 10 == 0);
+        let now = guard.ban_generation();
+        if std::mem::replace(&mut seen, now) != now {
+            let n = proxy.transports.close_connections_from(|ip| guard.is_banned(ip) && !guard.is_exempt(ip));
+            if n > 0 {
+                tracing::info!(connections = n, "guard: closed the connections of banned sources");
+            }
+        }
     }
 }
 

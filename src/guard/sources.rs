@@ -1,6 +1,7 @@
 //! The per-source table: for every source address heard from lately, its three token buckets (every message;
-//! REGISTER; out-of-dialog INVITE, OPTIONS and MESSAGE) and its strikes (messages dropped over a limit within
-//! the ban window), which decide a ban.
+//! REGISTER; out-of-dialog INVITE, OPTIONS and MESSAGE), its strikes (messages dropped over a limit within
+//! the ban window) and its authentication failures (credentials the PBX refused, within the auth window), which
+//! decide a ban.
 //!
 //! Bounded: at `max` entries, entries idle long enough to have refilled are forgotten (they hold nothing a fresh
 //! entry would not), then the stalest eighth; a sweep forgets idle ones every few seconds. An attacker cycling
@@ -29,6 +30,9 @@ pub struct Limits {
     pub buckets: [Limit; 3],
     pub ban_after: u32,
     pub ban_window_us: u64,
+    /// Authentication failures within `auth_window_us` that ban; 0: never.
+    pub auth_ban_after: u32,
+    pub auth_window_us: u64,
 }
 
 impl Limits {
@@ -49,13 +53,15 @@ pub enum Take {
     },
 }
 
-/// One source, ~72 bytes.
+/// One source, ~88 bytes.
 #[derive(Debug, Clone)]
 struct Source {
     buckets: [TokenBucket; 3],
     strikes: u32,
     window_start_us: u64,
     last_us: u64,
+    auth_failures: u32,
+    auth_start_us: u64,
 }
 
 impl Source {
@@ -65,7 +71,28 @@ impl Source {
             strikes: 0,
             window_start_us: now_us,
             last_us: now_us,
+            auth_failures: 0,
+            auth_start_us: now_us,
         }
+    }
+
+    fn auth_failure(&mut self, l: &Limits, now_us: u64) -> bool {
+        self.last_us = self.last_us.max(now_us);
+        if now_us.saturating_sub(self.auth_start_us) > l.auth_window_us {
+            self.auth_start_us = now_us;
+            self.auth_failures = 0;
+        }
+        self.auth_failures += 1;
+        let ban = l.auth_ban_after > 0 && self.auth_failures >= l.auth_ban_after;
+        if ban {
+            self.auth_failures = 0;
+        }
+        ban
+    }
+
+    /// Whether forgetting this source would forgive something: authentication failures still in their window.
+    fn holds_auth_failures(&self, l: &Limits, now_us: u64) -> bool {
+        self.auth_failures > 0 && now_us.saturating_sub(self.auth_start_us) <= l.auth_window_us
     }
 
     fn take(&mut self, kind: Kind, l: &Limits, now_us: u64) -> Take {
@@ -142,10 +169,33 @@ impl SourceTable {
         }
     }
 
-    /// Forget every source idle long enough to be as good as new; how many.
+    /// Count an authentication failure of `key` (the PBX refused its credentials). `true`: it was the
+    /// `auth_ban_after`-th within the auth window, ban it.
+    pub fn auth_failure(&self, key: IpAddr, now_us: u64) -> bool {
+        if let Some(mut s) = self.map.get_mut(&key) {
+            return s.auth_failure(&self.limits, now_us);
+        }
+        if self.len() >= self.max {
+            self.trim(now_us);
+        }
+        match self.map.entry(key) {
+            Entry::Occupied(mut e) => e.get_mut().auth_failure(&self.limits, now_us),
+            Entry::Vacant(v) => {
+                let mut s = Source::new(&self.limits, now_us);
+                let ban = s.auth_failure(&self.limits, now_us);
+                v.insert(s);
+                self.count.fetch_add(1, Ordering::Relaxed);
+                ban
+            }
+        }
+    }
+
+    /// Forget every source idle long enough to be as good as new (and with no authentication failure still in
+    /// its window); how many.
     pub fn sweep(&self, now_us: u64) -> usize {
         let idle = self.limits.idle_us();
-        self.retain(|s| now_us.saturating_sub(s.last_us) < idle)
+        let l = &self.limits;
+        self.retain(|s| now_us.saturating_sub(s.last_us) < idle || s.holds_auth_failures(l, now_us))
     }
 
     /// At the cap: sweep, and if that freed less than an eighth, forget the stalest eighth.
@@ -193,6 +243,8 @@ mod tests {
             buckets: [Limit::new(10, 20), Limit::new(2, 4), Limit::new(5, 5)],
             ban_after: 3,
             ban_window_us: 10 * S,
+            auth_ban_after: 3,
+            auth_window_us: 60 * S,
         }
     }
 
@@ -229,6 +281,26 @@ mod tests {
             while t.take(a, Kind::Initial, now) == Take::Ok {}
             assert_eq!(t.take(a, Kind::Initial, now), Take::Over { ban: false });
         }
+    }
+
+    #[test]
+    fn authentication_failures_ban_within_their_window_and_outlive_a_sweep() {
+        let t = SourceTable::new(limits(), 100);
+        let a = ip(1);
+        assert!(!t.auth_failure(a, 0));
+        assert!(!t.auth_failure(a, 30 * S));
+        // Idle for the buckets (10 s), but its failures are still in their 60 s window: kept.
+        assert_eq!(t.sweep(45 * S), 0);
+        assert!(t.auth_failure(a, 50 * S), "the third within 60 s");
+        assert!(!t.auth_failure(a, 51 * S), "failures start over after a ban");
+        // Spread wider than the window: never.
+        let b = ip(2);
+        for i in 0..10u64 {
+            assert!(!t.auth_failure(b, i * 31 * S), "every other failure starts a new window");
+        }
+        // Off.
+        let off = SourceTable::new(Limits { auth_ban_after: 0, ..limits() }, 100);
+        assert!((0..100).all(|_| !off.auth_failure(a, 0)));
     }
 
     #[test]

@@ -160,3 +160,32 @@ async fn the_defaults_never_trip_on_a_200_phone_office() {
     assert_eq!(dropped, 0, "steady state");
     assert!(g.bans().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_ban_a_stranger_but_never_a_backend_or_an_allowed_address() {
+    let g = guard("allow = [\"198.51.100.0/24\"]\nauth_ban_after = 5\nauth_ban_window = \"10s\"");
+    let guesser = ip("203.0.113.9");
+    for _ in 0..4 {
+        g.auth_failure(guesser);
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    assert!(!g.is_banned(guesser), "4 within the window");
+    g.auth_failure(guesser);
+    assert!(g.is_banned(guesser), "the 5th within 10 s");
+    assert_eq!(g.bans()[0].reason, BanReason::Auth);
+    // A slow guesser, one every 3 s, stays under 5 per 10 s.
+    let slow = ip("203.0.113.10");
+    for _ in 0..20 {
+        g.auth_failure(slow);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        g.sweep(true);
+    }
+    assert!(!g.is_banned(slow));
+    for exempt in [ip("192.0.2.10"), ip("198.51.100.7")] {
+        (0..50).for_each(|_| g.auth_failure(exempt));
+        assert!(!g.is_banned(exempt), "{exempt}");
+    }
+    let off = guard("allow = []\nauth_ban_after = 0");
+    (0..100).for_each(|_| off.auth_failure(guesser));
+    assert!(!off.is_banned(guesser), "the rule can be turned off");
+}

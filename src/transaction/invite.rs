@@ -191,7 +191,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                                         continue 'hops;
                                     }
                                     let out = resp.strip_top_via();
-                                    crate::metrics::final_response(code, "relayed");
+                                    ctx.relay_final(&resp);
                                     ctx.upstream(out.clone());
                                     outcome = Some(Outcome::Rejected(out));
                                     break 'hops;

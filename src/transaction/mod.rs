@@ -313,6 +313,15 @@ impl Ctx {
         }
     }
 
+    /// A backend's final response is going to the client: counted, and a refused credential (password guessing,
+    /// enumeration: `guard::auth`) told to the guard, which bans a source that collects too many.
+    fn relay_final(&self, resp: &Message) {
+        m::final_response(resp.status().unwrap_or(0), "relayed");
+        if crate::guard::auth::is_failure(&self.req, resp) {
+            self.proxy.guard.auth_failure(self.src.remote.ip());
+        }
+    }
+
     /// Our own response to the client's request.
     fn reply_local(&self, code: u16, reason: &str) -> Bytes {
         let tag = self.proxy.local_tag();

@@ -79,7 +79,7 @@ pub(crate) async fn run(mut ctx: Ctx) {
                             }
                         }
                         let out = resp.strip_top_via();
-                        crate::metrics::final_response(code, "relayed");
+                        ctx.relay_final(&resp);
                         ctx.upstream(out.clone());
                         final_up = Some(out);
                         break 'hops;
