@@ -1,15 +1,16 @@
 //! The admin port against strangers, with the real binary: a flood of 2,000 connections is capped (the node's
 //! descriptors stay bounded even under a low open-file limit) while a call over SIP TCP still goes through;
-//! slow headers and idle kept-alive connections are cut; the dialog list needs the token unless
+//! one source (127.0.0.2) holds at most `admin.max_connections_per_source` of them while another (127.0.0.3) is
+//! still answered; slow headers and idle kept-alive connections are cut; the dialog list needs the token unless
 //! `admin.public_reads`; and `check-config` refuses an admin port reachable from other hosts without a token.
 //!
-//! Test numbers (tests/common/mod.rs): 190-193. The admin server listens on 127.0.0.N:9090.
+//! Test numbers (tests/common/mod.rs): 190-193, 195. The admin server listens on 127.0.0.N:9090.
 
 mod common;
 mod hardening;
 
-use std::io::Write;
-use std::net::TcpStream;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,61 @@ fn an_admin_connection_flood_is_capped_and_sip_tcp_still_takes_calls() {
     let refused = metric_sample(&text, "sipfront_admin_connections_refused_total").unwrap_or(0.0);
     assert!(refused >= 1_000.0, "refused connections counted: {refused}");
     h.wait_sipp(pbx).assert_ok(1);
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    sock.bind(&SocketAddr::from((from, 0)).into()).expect("bind");
+    sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    sock.into()
+}
+
+/// `GET path` from `from`: the status, or `None` when the connection was closed without an answer.
+fn get_from(from: Ipv4Addr, admin: &str, path: &str) -> Option<u16> {
+    let mut s = connect_from(from, admin.parse().unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// How many of `conns` sipfront has not closed (a read would block rather than see EOF or a reset).
+fn still_open(conns: &[TcpStream]) -> usize {
+    let mut buf = [0u8; 64];
+    let mut open = 0;
+    for mut s in conns {
+        s.set_nonblocking(true).unwrap();
+        if matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            open += 1;
+        }
+    }
+    open
+}
+
+#[test]
+fn one_source_cannot_hold_every_admin_connection() {
+    let mut h = Harness::new("hardening_admin_share", 195);
+    let admin = start(&mut h, ""); // the defaults: 64 in all, 8 per source
+    let (hog, operator) = (Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3));
+    // More than the whole cap from one address: only its share stays, the rest is closed at once.
+    let conns: Vec<TcpStream> = (0..70).map(|_| connect_from(hog, admin.parse().unwrap())).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open = still_open(&conns);
+    while open > 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        open = still_open(&conns);
+    }
+    assert_eq!(open, 8, "127.0.0.2 holds {open} admin connections; its share is admin.max_connections_per_source (8)");
+    // Another address, loopback too, still gets in while the hog holds its share.
+    assert_eq!(get_from(operator, &admin, "/healthz"), Some(200), "the operator is answered");
+    assert_eq!(get_from(hog, &admin, "/healthz"), None, "the hog's next connection is closed unanswered");
+    let (_, text) = get(&admin, "/metrics", None);
+    let refused = metric_sample(&text, "sipfront_admin_connections_refused_total").unwrap_or(0.0);
+    assert_eq!(refused, 63.0, "62 of the 70, and the one after: counted");
+    assert!(h.front_log_text().contains("admin.max_connections_per_source"), "logged, naming the key");
+    drop(conns);
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //!
 //! - at most `admin.max_connections` open at once: one more is closed at accept and counted, so a flood costs
 //!   one descriptor for an instant per attempt;
+//! - at most `admin.max_connections_per_source` of them from one source address (loopback included), closed and
+//!   counted the same way, so one client cannot hold every place and lock the operator out;
 //! - `admin.header_timeout`: hyper's header read timeout, which also runs while a kept-alive connection waits
 //!   for its next request, so it closes idle keep-alives too;
 //! - `admin.idle_timeout`: a connection on which no byte moves while no request is being answered (a stalled
@@ -11,10 +13,11 @@
 //!
 //! It must not touch the routes (mod.rs) or the SIP path.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,6 +45,7 @@ static REFUSED_WARN: WarnEvery = WarnEvery::new(WARN_EVERY);
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_per_source: usize,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -50,6 +54,7 @@ impl Limits {
     pub fn from_config(c: &crate::config::AdminConfig) -> Limits {
         Limits {
             max_connections: c.max_connections,
+            max_per_source: c.max_connections_per_source,
             header_timeout: c.header_timeout.get(),
             idle_timeout: c.idle_timeout.get(),
         }
@@ -59,6 +64,7 @@ impl Limits {
 /// Accept and serve until `shutdown`; then each open connection finishes its request and closes.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let shares = Arc::new(Shares::new(limits.max_per_source));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -74,15 +80,25 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 }
             },
         };
+        // The source's share first: a source at its share is refused even while places are free.
+        let Some(share) = shares.take(peer.ip()) else {
+            metrics::counter!(m::ADMIN_CONNS_REFUSED).increment(1);
+            if let Some(suppressed) = REFUSED_WARN.check() {
+                tracing::warn!(%peer, max = limits.max_per_source, suppressed,
+                    "admin: connection refused, admin.max_connections_per_source are open from this address \
+                     (at most one line per 10 s)");
+            }
+            continue; // dropping `stream` closes it
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics::counter!(m::ADMIN_CONNS_REFUSED).increment(1);
             if let Some(suppressed) = REFUSED_WARN.check() {
                 tracing::warn!(%peer, max = limits.max_connections, suppressed,
                     "admin: connection refused, admin.max_connections are open (at most one line per 10 s)");
             }
-            continue; // dropping `stream` closes it
+            continue; // dropping `stream` (and `share`) closes it
         };
-        tokio::spawn(connection(stream, peer, app.clone(), limits, permit, shutdown.clone()));
+        tokio::spawn(connection(stream, peer, app.clone(), limits, (permit, share), shutdown.clone()));
     }
 }
 
@@ -91,10 +107,10 @@ async fn connection(
     peer: SocketAddr,
     app: Router,
     limits: Limits,
-    permit: OwnedSemaphorePermit,
+    places: (OwnedSemaphorePermit, Share),
     shutdown: CancellationToken,
 ) {
-    let _permit = permit;
+    let _places = places;
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { inner: stream, activity: activity.clone() });
     let tower = TowerToHyperService::new(app);
@@ -133,6 +149,51 @@ async fn connection(
                 metrics::counter!(m::ADMIN_CONNS_CLOSED, "reason" => "idle").increment(1);
                 tracing::debug!(%peer, "admin connection closed: idle");
                 return;
+            }
+        }
+    }
+}
+
+/// Admin connections open per source address. A std Mutex: taken once at accept and once at close, never across
+/// an await, on a port that sees a handful of connections; a source leaves the map with its last connection, so
+/// it holds at most `admin.max_connections` entries.
+struct Shares {
+    max: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Shares {
+    fn new(max: usize) -> Shares {
+        Shares { max, held: Mutex::new(HashMap::new()) }
+    }
+
+    /// A place in `ip`'s share, or `None` when it holds `max` already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Share> {
+        // An IPv4 client on a dual-stack listener (::ffff:a.b.c.d) is the same source as on an IPv4 one.
+        let ip = ip.to_canonical();
+        let mut held = self.held.lock().expect("admin shares lock");
+        let n = held.get(&ip).copied().unwrap_or(0);
+        if n >= self.max {
+            return None;
+        }
+        held.insert(ip, n + 1);
+        Some(Share { shares: self.clone(), ip })
+    }
+}
+
+/// One connection's place in its source's share; given back when dropped.
+struct Share {
+    shares: Arc<Shares>,
+    ip: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.held.lock().expect("admin shares lock");
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
             }
         }
     }
@@ -227,6 +288,21 @@ impl AsyncWrite for Watched {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_source_holds_at_most_its_share_and_gets_places_back() {
+        let shares = Arc::new(Shares::new(2));
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let (a1, _a2) = (shares.take(a).unwrap(), shares.take(a).unwrap());
+        assert!(shares.take(a).is_none(), "a third from one address");
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert!(shares.take(mapped).is_none(), "the same source on a dual-stack listener");
+        let _b = shares.take("127.0.0.3".parse().unwrap()).expect("another source has its own share");
+        drop(a1);
+        let _a3 = shares.take(a).expect("the place came back");
+        drop((_a3, _a2));
+        assert!(!shares.held.lock().unwrap().contains_key(&a), "an empty source leaves the map");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_counts_only_time_without_bytes_or_a_request_in_hand() {

@@ -1,6 +1,6 @@
 //! `[admin]`: where the admin HTTP surface (metrics, JSON API, dashboard) listens, the token it requires, which
-//! reads need that token, and the bounds on its connections (so a flood of them cannot take the file descriptors
-//! the SIP listeners need).
+//! reads need that token, and the bounds on its connections, in total and per source (so a flood of them cannot
+//! take the file descriptors the SIP listeners need, nor one client every place the operator needs).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,6 +28,12 @@ pub struct AdminConfig {
     /// Connections open at once; one more is closed at accept (and counted).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections open at once from one source address (at most `max_connections`); one more is closed at
+    /// accept (and counted), so one client cannot hold them all and lock the operator out. Loopback is not exempt:
+    /// a local process (a stuck script, a compromised service) is a source like any other, and the share is what
+    /// keeps a place free for the operator's own connection.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
     /// A request's header must arrive whole within this; a kept-alive connection is closed after this long
     /// without a new request.
     #[serde(default = "default_header_timeout")]
@@ -40,6 +46,9 @@ pub struct AdminConfig {
 
 fn default_max_connections() -> usize {
     64
+}
+fn default_max_connections_per_source() -> usize {
+    8
 }
 fn default_header_timeout() -> ConfigDuration {
     ConfigDuration::secs(10)
@@ -55,6 +64,7 @@ impl Default for AdminConfig {
             token_file: None,
             public_reads: false,
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
             header_timeout: default_header_timeout(),
             idle_timeout: default_idle_timeout(),
         }
@@ -84,6 +94,15 @@ impl AdminConfig {
         }
         if !(8..=100_000).contains(&self.max_connections) {
             return Err(invalid("admin.max_connections", "must be between 8 and 100000"));
+        }
+        if self.max_connections_per_source == 0 || self.max_connections_per_source > self.max_connections {
+            return Err(invalid(
+                "admin.max_connections_per_source",
+                format!(
+                    "must be between 1 and admin.max_connections ({}): it is one source's share of them",
+                    self.max_connections
+                ),
+            ));
         }
         let h = self.header_timeout.get();
         if h < Duration::from_millis(100) || h > Duration::from_secs(300) {
@@ -132,9 +151,16 @@ mod tests {
     fn connection_bounds_have_defaults_and_limits() {
         let c = with_admin("listen = \"127.0.0.1:9090\"").unwrap();
         assert_eq!((c.admin.max_connections, c.admin.public_reads), (64, false));
+        assert_eq!(c.admin.max_connections_per_source, 8);
         assert_eq!(c.admin.header_timeout.get(), std::time::Duration::from_secs(10));
         let cases = [
             ("max_connections = 0", "admin.max_connections"),
+            ("max_connections_per_source = 0", "admin.max_connections_per_source: must be between 1"),
+            (
+                "max_connections_per_source = 65",
+                "admin.max_connections_per_source: must be between 1 and admin.max_connections (64)",
+            ),
+            ("max_connections = 8\nmax_connections_per_source = 9", "admin.max_connections_per_source"),
             ("header_timeout = \"10ms\"", "admin.header_timeout"),
             ("header_timeout = \"20s\"\nidle_timeout = \"5s\"", "admin.idle_timeout"),
             ("public_read = true", "unknown field `public_read`"),

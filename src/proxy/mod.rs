@@ -251,10 +251,14 @@ impl Proxy {
             metrics::counter!(crate::metrics::DROPPED_STANDBY).increment(1);
             return Verdict::Accepted;
         }
-        // Banned or over its rate: dropped unread and unanswered (crate::guard says why).
+        // Banned or over its rate: dropped unread and unanswered (crate::guard says why); a banned source's stream
+        // connection closes too.
+        use crate::guard::Admission;
         let admission = self.guard.admit(src.remote.ip());
-        if admission.is_drop() {
-            return Verdict::Accepted;
+        match admission {
+            Admission::Banned => return Verdict::Refused,
+            Admission::Drop => return Verdict::Accepted,
+            Admission::Exempt | Admission::Counted { .. } => {}
         }
         let msg = match Message::parse(data.clone()) {
             Ok(msg) => msg,
@@ -262,7 +266,10 @@ impl Proxy {
         };
         if msg.is_request() {
             if !self.guard.admit_request(admission, &msg) {
-                return Verdict::Accepted; // a scanner's User-Agent, or over the REGISTER / new-request rate
+                // A scanner's User-Agent (banned at once), or over the REGISTER / new-request rate (banned after
+                // `ban_after`). Only on a stream does the ban matter here, and only a drop pays the lookup.
+                let banned = src.conn.is_some() && self.guard.is_banned(src.remote.ip());
+                return if banned { Verdict::Refused } else { Verdict::Accepted };
             }
             self.on_request(msg, src);
         } else {
@@ -375,5 +382,12 @@ pub struct ProxyInbound(pub Arc<Proxy>);
 impl Inbound for ProxyInbound {
     fn on_message(&self, data: Bytes, source: Source) -> Verdict {
         self.0.handle(data, source)
+    }
+
+    /// A banned source gets no connection (backends and `security.allow` are never banned in effect). One atomic
+    /// load while nobody is banned.
+    fn admits_connection(&self, remote: std::net::IpAddr) -> bool {
+        let guard = &self.0.guard;
+        !guard.is_banned(remote) || guard.is_exempt(remote)
     }
 }

@@ -62,6 +62,9 @@ pub enum CloseReason {
     Idle,
     /// A WebSocket peer that answered no ping within `websocket.ping_interval`.
     PingTimeout,
+    /// The guard banned the source: closed at accept (before any handshake), on its next message, or by the
+    /// guard's sweeper while it sat idle.
+    Banned,
 }
 
 impl CloseReason {
@@ -75,6 +78,7 @@ impl CloseReason {
             CloseReason::Malformed => "malformed",
             CloseReason::Idle => "idle",
             CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::Banned => "banned",
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod tls;
 mod udp;
 pub mod ws;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -135,12 +135,22 @@ pub enum Verdict {
     Accepted,
     /// Unparseable and unanswerable: on a stream the framing can no longer be trusted, so the connection closes.
     Garbage,
+    /// Dropped because the source is banned (this very message may have banned it): a stream connection closes
+    /// (`reason="banned"`); UDP ignores it.
+    Refused,
 }
 
 /// Receives every message the transports read. Implemented by the proxy; called on the reading task, so it must
 /// not block (it hands slow work to transaction tasks).
 pub trait Inbound: Send + Sync + 'static {
     fn on_message(&self, data: Bytes, source: Source) -> Verdict;
+
+    /// Whether a stream connection from `remote` may be accepted (and, after a TLS handshake or WebSocket
+    /// upgrade, adopted); `false` closes it at once. Called on the accept loop, so it must be cheap.
+    fn admits_connection(&self, remote: IpAddr) -> bool {
+        let _ = remote;
+        true
+    }
 }
 
 /// The send side of every listener, shared by all tasks.
@@ -232,6 +242,14 @@ impl Transports {
     /// The transport of an open connection.
     pub fn conn_transport(&self, conn: ConnId) -> Option<Transport> {
         self.inner.tcp.as_ref().and_then(|t| t.transport_of(conn))
+    }
+
+    /// Close every stream connection (accepted or opened by us) whose remote address `banned` names, each
+    /// counted `sipfront_connections_closed_total{reason="banned"}`; how many were asked to close. The guard's
+    /// sweeper calls it when the set of bans changed, so an idle connection of a source banned meanwhile does not
+    /// wait for its idle timeout.
+    pub fn close_connections_from(&self, banned: impl Fn(IpAddr) -> bool) -> usize {
+        self.inner.tcp.as_ref().map_or(0, |t| t.close_where(banned))
     }
 
     /// Read the TLS certificate and key again (SIGHUP). `None` when there is no TLS listener; on an error the

@@ -6,10 +6,13 @@
 //! both. WebSocket connections (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by
 //! WebSocket (`ws.rs`); they are only accepted, never opened. Every accepted socket first takes a place under the
 //! connection caps (`limits.rs`) and is closed at once, before any handshake, when there is none; a TCP or TLS
-//! message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). Each close
-//! sipfront decides is counted by reason.
+//! message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). A source the
+//! guard has banned ([`Inbound::admits_connection`]) is closed at accept, before the caps and any handshake, and
+//! again after a handshake that was under way when the ban came; a connection whose message the proxy refuses
+//! ([`Verdict::Refused`]) closes, and [`TcpPool::close_where`] closes the idle ones of a source banned meanwhile.
+//! Each close sipfront decides is counted by reason.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -37,6 +40,9 @@ struct ConnHandle {
     tx: mpsc::Sender<Bytes>,
     remote: SocketAddr,
     transport: Transport,
+    /// Cancelled to close the connection because its source was banned ([`TcpPool::close_where`]); its own
+    /// token, apart from the shutdown tree, so the reader knows why it stops and counts the close once.
+    evict: CancellationToken,
 }
 
 /// What a pooled connection runs over (TCP, or TLS over TCP).
@@ -154,6 +160,10 @@ impl TcpPool {
                     };
                     match r {
                         Ok((stream, remote)) => {
+                            // Banned: dropped (closed) before it takes a place or costs a handshake.
+                            if !pool.admits(remote, transport) {
+                                continue;
+                            }
                             // Over a cap: dropped (closed) before any handshake; counted and logged by `admit`.
                             let Ok(place) = pool.inner.counts.admit(remote, transport) else { continue };
                             let _ = stream.set_nodelay(true);
@@ -176,6 +186,17 @@ impl TcpPool {
         }
     }
 
+    /// Whether the guard lets a connection from `remote` in; a refusal is counted (`banned`) and logged at debug
+    /// only (a banned flood must not flood the log). The caller drops the socket.
+    fn admits(&self, remote: SocketAddr, transport: Transport) -> bool {
+        let ok = self.inner.inbound.get().is_none_or(|i| i.admits_connection(remote.ip()));
+        if !ok {
+            count_close(transport, CloseReason::Banned);
+            tracing::debug!(%remote, %transport, "connection from a banned source closed");
+        }
+        ok
+    }
+
     /// Shake hands with a client of a `tls:` or `wss:` listener in a task of its own (a slow client delays no
     /// one), then adopt the connection (`wss:`: after the WebSocket upgrade). The certificate is the one current
     /// at this accept.
@@ -194,6 +215,8 @@ impl TcpPool {
                 r = tokio::time::timeout(ctx.handshake_timeout, &mut accept) => r,
             };
             match r {
+                // Banned while it shook hands: closed before it is adopted.
+                Ok(Ok(_)) if !pool.admits(remote, transport) => {}
                 Ok(Ok(tls)) if transport == Transport::Wss => pool.accept_ws(tls, remote, Transport::Wss, place),
                 Ok(Ok(tls)) => {
                     pool.adopt(tls, remote, Transport::Tls, Some(place));
@@ -225,23 +248,42 @@ impl TcpPool {
                 s = upgrade => match s { Some(s) => s, None => return },
             };
             let Some(inbound) = pool.inner.inbound.get().cloned() else { return };
-            let (id, rx) = pool.register(remote, transport);
+            if !pool.admits(remote, transport) {
+                return; // banned during the upgrade
+            }
+            let (id, rx, evict) = pool.register(remote, transport);
             let idle = pool.inner.counts.limits().idle;
             let source = Source { transport, remote, conn: Some(id) };
-            let conn = ws::Conn { id, source, idle, ping_interval: pool.inner.ws.ping_interval, inbound };
+            let ping_interval = pool.inner.ws.ping_interval;
+            let conn = ws::Conn { id, source, idle, ping_interval, inbound, evict };
             ws::serve(socket, rx, conn, shutdown.child_token()).await;
             pool.forget(id, remote, transport);
         });
     }
 
-    /// Give a new connection an id and a write queue, and make it findable by id and by address.
-    fn register(&self, remote: SocketAddr, transport: Transport) -> (ConnId, mpsc::Receiver<Bytes>) {
+    /// Give a new connection an id, a write queue and an eviction token, and make it findable by id and by
+    /// address.
+    fn register(&self, remote: SocketAddr, transport: Transport) -> (ConnId, mpsc::Receiver<Bytes>, CancellationToken) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        self.inner.conns.insert(id, ConnHandle { tx, remote, transport });
+        let evict = CancellationToken::new();
+        self.inner.conns.insert(id, ConnHandle { tx, remote, transport, evict: evict.clone() });
         self.inner.by_addr.insert((transport, remote), id);
         metrics::gauge!(m::TCP_CONNECTIONS, "transport" => transport.as_lower()).increment(1.0);
-        (id, rx)
+        (id, rx, evict)
+    }
+
+    /// Close every connection whose remote address `banned` names (its reader counts the close, `banned`); how
+    /// many were asked to close. One pass over the pool, so the guard calls it only when its bans changed.
+    pub fn close_where(&self, banned: impl Fn(IpAddr) -> bool) -> usize {
+        let mut n = 0;
+        for h in self.inner.conns.iter() {
+            if !h.evict.is_cancelled() && banned(h.remote.ip()) {
+                h.evict.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Register a connected stream and start its reader and writer. `place` is its place under the caps (an
@@ -253,7 +295,7 @@ impl TcpPool {
         transport: Transport,
         place: Option<Admission>,
     ) -> ConnId {
-        let (id, rx) = self.register(remote, transport);
+        let (id, rx, evict) = self.register(remote, transport);
         let (rd, wr) = tokio::io::split(stream);
         let pool = self.clone();
         let shutdown = self.inner.shutdown.get().cloned().unwrap_or_default();
@@ -261,7 +303,7 @@ impl TcpPool {
             let _place = place;
             let cancel = shutdown.child_token();
             let writer = tokio::spawn(write_loop(wr, rx, cancel.clone()));
-            if let Some(reason) = pool.read_loop(rd, id, remote, transport, cancel.clone()).await {
+            if let Some(reason) = pool.read_loop(rd, id, remote, transport, cancel.clone(), evict).await {
                 count_close(transport, reason);
             }
             cancel.cancel();
@@ -286,6 +328,7 @@ impl TcpPool {
         remote: SocketAddr,
         transport: Transport,
         cancel: CancellationToken,
+        evict: CancellationToken,
     ) -> Option<CloseReason> {
         let inbound = self.inner.inbound.get().cloned()?;
         let StreamLimits { idle, message_timeout, .. } = *self.inner.counts.limits();
@@ -312,9 +355,16 @@ impl TcpPool {
                         idle_deadline = tokio::time::Instant::now() + idle;
                         let msg = buf.split_to(n).freeze();
                         let src = Source { transport, remote, conn: Some(id) };
-                        if inbound.on_message(msg, src) == Verdict::Garbage {
-                            tracing::info!(conn = id, %remote, %transport, "closing connection after an unparseable message");
-                            return Some(CloseReason::Malformed);
+                        match inbound.on_message(msg, src) {
+                            Verdict::Accepted => {}
+                            Verdict::Garbage => {
+                                tracing::info!(conn = id, %remote, %transport, "closing connection after an unparseable message");
+                                return Some(CloseReason::Malformed);
+                            }
+                            Verdict::Refused => {
+                                tracing::debug!(conn = id, %remote, %transport, "closing connection: its source is banned");
+                                return Some(CloseReason::Banned);
+                            }
                         }
                     }
                     Framed::Invalid(reason) => {
@@ -336,6 +386,10 @@ impl TcpPool {
             }
             let r = tokio::select! {
                 _ = cancel.cancelled() => return None,
+                _ = evict.cancelled() => {
+                    tracing::debug!(conn = id, %remote, %transport, "closing connection: its source was banned");
+                    return Some(CloseReason::Banned);
+                }
                 r = tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)) => r,
             };
             match r {

@@ -141,10 +141,12 @@ pub(super) struct Conn {
     /// `websocket.ping_interval`; `None`: no pings.
     pub ping_interval: Option<Duration>,
     pub inbound: std::sync::Arc<dyn Inbound>,
+    /// Cancelled when the guard banned the peer's source (the pool's `close_where`): closed, counted `banned`.
+    pub evict: CancellationToken,
 }
 
 /// Read frames into `inbound` and write queued messages as frames until either side closes, the connection is
-/// idle for `idle`, the peer misses a ping, a frame cannot be parsed as SIP, or `cancel`. One task does both
+/// idle for `idle`, the peer misses a ping, a frame cannot be parsed as SIP, its source is banned, or `cancel`. One task does both
 /// directions: tungstenite answers pings and closes as part of reading, and its replies go out with the next write
 /// or read. A close sipfront decides is counted before the peer can see it.
 pub(super) async fn serve<S>(
@@ -155,7 +157,7 @@ pub(super) async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let Conn { id, source, idle, ping_interval, inbound } = conn;
+    let Conn { id, source, idle, ping_interval, inbound, evict } = conn;
     let transport = source.transport;
     // Ticks every ping interval; never when pings are off.
     let mut pings = ping_interval.map(|every| {
@@ -172,6 +174,11 @@ pub(super) async fn serve<S>(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = evict.cancelled() => {
+                tracing::debug!(conn = id, remote = %source.remote, %transport, "closing websocket: its source was banned");
+                closed_by_us = Some(CloseReason::Banned);
+                break;
+            }
             _ = next_tick(&mut pings) => {
                 if ping_unanswered {
                     tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket: no answer to our ping");
@@ -229,10 +236,18 @@ pub(super) async fn serve<S>(
                 if data.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
-                if inbound.on_message(data, source) == Verdict::Garbage {
-                    tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket after an unparseable message");
-                    closed_by_us = Some(CloseReason::Malformed);
-                    break;
+                match inbound.on_message(data, source) {
+                    Verdict::Accepted => {}
+                    Verdict::Garbage => {
+                        tracing::info!(conn = id, remote = %source.remote, %transport, "closing websocket after an unparseable message");
+                        closed_by_us = Some(CloseReason::Malformed);
+                        break;
+                    }
+                    Verdict::Refused => {
+                        tracing::debug!(conn = id, remote = %source.remote, %transport, "closing websocket: its source is banned");
+                        closed_by_us = Some(CloseReason::Banned);
+                        break;
+                    }
                 }
             }
         }
