@@ -1,16 +1,16 @@
-//! Stream connections, TCP and TLS alike: listeners (the accepting side is `tcp/accept.rs`), accepted and
-//! outgoing connections, one reader and one writer task per connection, reading by Content-Length framing (`framing.rs`, RFC 3261 §18.3). Connections are reused
-//! per transport and remote address; a connection that sends a malformed or oversized frame is closed alone.
-//! Double-CRLF pings get a CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream (handshake bounded by
-//! `[tls] handshake_timeout`) before it is adopted: framing, idle timeout and connection ids are the same code for
-//! both. WebSocket connections (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout, but frame by
-//! WebSocket (`ws.rs`); they are only accepted, never opened. Every accepted socket first takes a place under the
-//! connection caps (`limits.rs`) and is closed at once, before any handshake, when there is none; a TCP or TLS
-//! message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). A source the
-//! guard has banned ([`Inbound::admits_connection`]) is closed at accept, before the caps and any handshake, and
-//! again after a handshake that was under way when the ban came; a connection whose message the proxy refuses
-//! ([`Verdict::Refused`]) closes, and [`TcpPool::close_where`] closes the idle ones of a source banned meanwhile.
-//! Each close sipfront decides is counted by reason.
+//! Stream connections, TCP and TLS alike: listeners (the accepting side is `tcp/accept.rs`), accepted and outgoing
+//! connections, one reader and one writer task per connection, reading by Content-Length framing (`framing.rs`, RFC
+//! 3261 §18.3). Connections are reused per transport and remote address; a connection that sends a malformed or
+//! oversized frame is closed alone. Double-CRLF pings get a CRLF pong (RFC 5626 §3.5.1). TLS only wraps the stream
+//! (handshake bounded by `[tls] handshake_timeout`) before it is adopted: framing, idle timeout and connection ids are
+//! the same code for both. WebSocket connections (`ws:`, and `wss:` over TLS) share the ids, reuse and idle timeout,
+//! but frame by WebSocket (`ws.rs`); they are only accepted, never opened. Every accepted socket first takes a place
+//! under the connection caps (`limits.rs`) and is closed at once, before any handshake, when there is none; a TCP or
+//! TLS message whose first byte has arrived must be complete within `sip.message_timeout` (slowloris). A source the
+//! guard has banned ([`Inbound::admits_connection`]) is closed at accept, before the caps and any handshake, and again
+//! after a handshake that was under way when the ban came; a connection whose message the proxy refuses
+//! ([`Verdict::Refused`]) closes, and [`TcpPool::close_where`] closes the idle ones of a source banned meanwhile. Each
+//! close sipfront decides is counted by reason.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
