@@ -380,3 +380,89 @@ fn malformed_tcp_closes_only_that_connection() {
     uac.assert_ok(1);
     h.wait_sipp(uas).assert_ok(1);
 }
+
+/// Replace every `from` in `data` with `to` (the corpus is bytes: some of it is not UTF-8).
+fn replace_bytes(data: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i..].starts_with(from) {
+            out.extend_from_slice(to);
+            i += from.len();
+        } else {
+            out.push(data[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The odd-request corpus, `tests/attack/odd/*.sip`: requests that parse, but crashed SIPp 3.6.1 acting as the PBX
+/// when sipfront passed them on, or that two parsers read differently (see its README). Injected: each one, over
+/// UDP, with a real SIPp UAS as the PBX. Checked: sipfront answers every one itself (400, 416 or 505, with a
+/// Warning naming the fault), the PBX receives none of them, and SIPp is still alive afterwards to carry a normal
+/// call, the only thing it saw.
+#[test]
+fn odd_requests_are_answered_here_and_never_reach_the_pbx() {
+    let mut h = Harness::new("odd_requests_are_answered_here_and_never_reach_the_pbx", 62);
+    let uas = h.start_sipp(SippSpec::uas(&h, "uas", "uas.xml", Tp::Udp, PBX1_PORT));
+    h.start_sipfront(&FrontConfig::new().backend("pbx1", h.pbx(PBX1_PORT), Tp::Udp));
+    let c = UdpPeer::bind(h.front_ip());
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/attack/odd");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/attack/odd")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sip"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "the corpus is there: {files:?}");
+
+    let mut failures = Vec::new();
+    for (i, path) in files.iter().enumerate() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let cid = format!("odd-{i}-{}", h.n);
+        let mut data = std::fs::read(path).expect("read a corpus file");
+        for (from, to) in [
+            ("@PROXY@", h.sipfront().to_string()),
+            ("@PBX@", h.pbx(PBX1_PORT).to_string()),
+            ("@LOCAL@", c.local.to_string()),
+            ("@BRANCH@", format!("z9hG4bK-{cid}")),
+            ("@CALLID@", cid.clone()),
+        ] {
+            data = replace_bytes(&data, from.as_bytes(), to.as_bytes());
+        }
+        c.send(&data, h.sipfront());
+        let probe_cid = format!("probe-odd-{i}");
+        c.send(options_to(c.local, h.sipfront(), Tp::Udp, &probe_cid).as_bytes(), h.sipfront());
+        let mut before = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let Some((d, _)) = c.recv_until(deadline) else {
+                panic!("{name}: no answer to the OPTIONS probe after it; sipfront alive: {}", h.sipfront_alive());
+            };
+            match SipMsg::parse(&d) {
+                Some(m) if m.header("Call-ID") == Some(probe_cid.as_str()) => break,
+                m => before.push((String::from_utf8_lossy(&d).into_owned(), m)),
+            }
+        }
+        let refused = match before.as_slice() {
+            [(_, Some(m))] => {
+                matches!(m.status(), Some(400 | 416 | 505))
+                    && m.header("Warning").is_some_and(|w| w.starts_with(&format!("399 {} ", h.front_ip())))
+            }
+            _ => false,
+        };
+        if !refused {
+            failures.push(format!("{name}: expected one 400/416/505 with a Warning, got:\n{}", raw_list(&before)));
+        }
+    }
+    assert!(failures.is_empty(), "{} odd request(s) not refused:\n{}", failures.len(), failures.join("\n\n"));
+
+    // The PBX is alive, saw nothing odd, and carries a normal call.
+    let uac = h.run_sipp(SippSpec::uac(&h, "uac", "uac.xml", Tp::Udp));
+    uac.assert_ok(1);
+    let uas = h.wait_sipp(uas);
+    uas.assert_ok(1);
+    let methods: Vec<&str> = uas.received().filter_map(|m| m.method()).collect();
+    assert_eq!(methods, ["INVITE", "ACK", "BYE"], "the PBX should see only the good call");
+}

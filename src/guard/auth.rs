@@ -27,7 +27,7 @@ fn has_credentials(req: &Message, name: &str) -> bool {
     if name == "Proxy-Authorization" && req.header(HeaderName::ProxyAuthorization).is_some() {
         return true;
     }
-    req.fields().any(|f| req.field_name(&f).eq_ignore_ascii_case(name.as_bytes()))
+    req.header_value_named(name.as_bytes()).is_some()
 }
 
 /// Whether a challenge header of `resp` carries `stale=true` (case-insensitive, RFC 2617: `stale="true"` too).

@@ -59,6 +59,20 @@ pub enum ParseError {
     BadRequestUri,
     #[error("unsupported URI scheme")]
     UnsupportedUriScheme,
+    #[error("method too long")]
+    MethodTooLong,
+    #[error("header field too long")]
+    FieldTooLong,
+    #[error("header section too large")]
+    HeadTooLarge,
+    #[error("too many Via headers")]
+    TooManyVias,
+    #[error("Call-ID too long")]
+    CallIdTooLong,
+    #[error("bad Contact")]
+    BadContact,
+    #[error("bad Expires")]
+    BadExpires,
 }
 
 impl ParseError {
@@ -103,6 +117,13 @@ impl ParseError {
             ParseError::BadTo => "bad To",
             ParseError::BadRequestUri => "bad Request-URI",
             ParseError::UnsupportedUriScheme => "unsupported URI scheme",
+            ParseError::MethodTooLong => "method too long",
+            ParseError::FieldTooLong => "header field too long",
+            ParseError::HeadTooLarge => "header section too large",
+            ParseError::TooManyVias => "too many Via headers",
+            ParseError::CallIdTooLong => "Call-ID too long",
+            ParseError::BadContact => "bad Contact",
+            ParseError::BadExpires => "bad Expires",
         }
     }
 }

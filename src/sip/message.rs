@@ -406,6 +406,14 @@ impl Message {
         self.fields().find(|f| f.name == name).map(|f| self.slice(f.value))
     }
 
+    /// The first value of a header the parser does not classify (`Expires`, `Authorization` ...), found by its
+    /// name, case-insensitively.
+    pub fn header_value_named(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields()
+            .find(|f| f.name == HeaderName::Other && self.field_name(f).eq_ignore_ascii_case(name))
+            .map(|f| self.slice(f.value))
+    }
+
     /// Every value of a header, across repeated lines and comma-separated items, in order.
     pub fn header_values(&self, name: HeaderName) -> impl Iterator<Item = &[u8]> + '_ {
         let list = name.is_list();

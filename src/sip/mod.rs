@@ -14,6 +14,13 @@ mod header;
 mod message;
 mod method;
 mod sanity;
+
+/// The size bounds of `sanity` (for tests and documentation).
+pub mod sanity_max {
+    pub use super::sanity::{
+        MAX_CALL_ID as CALL_ID, MAX_FIELD as FIELD, MAX_HEAD as HEAD, MAX_METHOD as METHOD, MAX_VIAS as VIAS,
+    };
+}
 mod values;
 
 pub use build::{ForwardEdit, ResponseBuilder, SERVER_NAME};

@@ -120,8 +120,11 @@ fn route_record_route_and_contact_values() {
     let uri = SipUri::parse(na.uri).unwrap();
     assert_eq!(uri.host_port.host, b"p1.example.net");
     assert!(uri.is_loose());
-    // A wildcard Contact is one value.
-    let m = parse(&base_with("Max-Forwards: 70\n", "Max-Forwards: 70\nContact: *\n"));
+    // A wildcard Contact is one value (a REGISTER with `Expires: 0`: anything else with it is refused).
+    let unregister = base_with("Max-Forwards: 70\n", "Max-Forwards: 70\nContact: *\nExpires: 0\n")
+        .replace("INVITE sip:bob@example.net", "REGISTER sip:example.net")
+        .replace("CSeq: 2 INVITE", "CSeq: 2 REGISTER");
+    let m = parse(&unregister);
     assert_eq!(values(&m, HeaderName::Contact), ["*"]);
 }
 

@@ -186,6 +186,13 @@ fn parse_error_reason_matches_display() {
         BadTo,
         BadRequestUri,
         UnsupportedUriScheme,
+        MethodTooLong,
+        FieldTooLong,
+        HeadTooLarge,
+        TooManyVias,
+        CallIdTooLong,
+        BadContact,
+        BadExpires,
     ] {
         assert_eq!(e.to_string(), e.reason());
     }

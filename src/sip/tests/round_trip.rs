@@ -177,7 +177,12 @@ fn check_message(input: &[u8]) -> Result<bool, String> {
         let twin = a.twin_request("CANCEL", None);
         Message::parse(twin).map_err(|e| format!("twin_request output does not parse: {e}"))?;
     }
-    let second_via_ok = a.header_values(HeaderName::Via).nth(1).and_then(Via::parse).is_some();
+    // What is left must be a top Via we accept: readable, and with a branch when it heads a request.
+    let second_via_ok = a
+        .header_values(HeaderName::Via)
+        .nth(1)
+        .and_then(Via::parse)
+        .is_some_and(|v| !a.is_request() || v.branch().is_some());
     match Message::parse(a.strip_top_via()) {
         Ok(s) => {
             if s.header_values(HeaderName::Via).count() + 1 != a.header_values(HeaderName::Via).count() {

@@ -2,6 +2,7 @@
 //! path for requests whose start line is broken.
 
 use super::*;
+use crate::sip::sanity_max;
 
 #[test]
 fn a_second_single_instance_header_is_refused() {
@@ -144,4 +145,75 @@ fn a_request_with_a_broken_start_line_is_still_answerable() {
     assert!(
         Message::parse_for_reply(Bytes::from(crlf(&RESPONSE.replace("SIP/2.0 200 OK", "SIP/2.0 2000 OK")))).is_none()
     );
+}
+
+#[test]
+fn sizes_that_crash_a_pbx_are_refused() {
+    let long = |n: usize| "x".repeat(n);
+    let method = long(sanity_max::METHOD + 1).to_uppercase();
+    let s = BASE
+        .replace("INVITE sip:bob", &format!("{method} sip:bob"))
+        .replace("CSeq: 2 INVITE", &format!("CSeq: 2 {method}"));
+    assert_eq!(parse_err(&s), ParseError::MethodTooLong);
+    let s = base_with(
+        "To: Bob <sip:bob@example.net>",
+        &format!("To: \"{}\" <sip:bob@example.net>", long(sanity_max::FIELD)),
+    );
+    assert_eq!(parse_err(&s), ParseError::FieldTooLong);
+    // Many fields, each short, but too much together.
+    let many: String = (0..40).map(|i| format!("X-Pad-{i}: {}\n", long(500))).collect();
+    assert_eq!(
+        parse_err(&base_with("Content-Length: 0\n", &format!("{many}Content-Length: 0\n"))),
+        ParseError::HeadTooLarge
+    );
+    let vias: String = (0..sanity_max::VIAS)
+        .map(|i| format!("Via: SIP/2.0/UDP 10.0.{}.{}:5060;branch=z9hG4bK{i}\n", i / 250, i % 250))
+        .collect();
+    assert_eq!(parse_err(&base_with(BASE_VIA, &format!("{BASE_VIA}{vias}"))), ParseError::TooManyVias);
+    parse(&base_with(
+        BASE_VIA,
+        &format!("{BASE_VIA}{}", vias.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>()),
+    ));
+    assert_eq!(
+        parse_err(&base_with(BASE_CALL_ID, &format!("Call-ID: {}\n", long(sanity_max::CALL_ID + 1)))),
+        ParseError::CallIdTooLong
+    );
+    assert_eq!(parse_err(&base_with("Max-Forwards: 70", "Max-Forwards: 256")), ParseError::BadMaxForwards);
+    assert_eq!(parse(&base_with("Max-Forwards: 70", "Max-Forwards: 255")).max_forwards(), Some(255));
+}
+
+#[test]
+fn a_request_needs_a_branch_and_well_formed_contact_and_expires() {
+    assert_eq!(parse_err(&base_with(";branch=z9hG4bK74bf9", "")), ParseError::BadVia);
+    assert_eq!(parse_err(&base_with(";branch=z9hG4bK74bf9", ";branch=")), ParseError::BadVia);
+    // A response's top Via is ours to check, not the grammar's.
+    parse(&RESPONSE.replace(";branch=z9hG4bKproxy1", ""));
+    assert_eq!(parse_err(&base_with("Content-Length", "Contact: garbage\nContent-Length")), ParseError::BadContact);
+    assert_eq!(
+        parse_err(&base_with("Content-Length", "Contact: *\nContent-Length")),
+        ParseError::BadContact,
+        "* outside REGISTER"
+    );
+    assert_eq!(parse_err(&base_with("Content-Length", "Expires: soon\nContent-Length")), ParseError::BadExpires);
+    parse(&base_with(
+        "Content-Length",
+        "Contact: <sip:alice@10.0.0.5>;expires=60, <tel:+49301234>\nExpires: 3600\nContent-Length",
+    ));
+    let register = |extra: &str| {
+        base_with("Content-Length", &format!("{extra}Content-Length"))
+            .replace("INVITE sip:bob@example.net", "REGISTER sip:example.net")
+            .replace("CSeq: 2 INVITE", "CSeq: 2 REGISTER")
+    };
+    parse(&register("Contact: *\nExpires: 0\n"));
+    assert_eq!(parse_err(&register("Contact: *\nExpires: 3600\n")), ParseError::BadContact);
+    assert_eq!(parse_err(&register("Contact: *\n")), ParseError::BadContact, "no Expires: 0");
+    assert_eq!(parse_err(&register("Contact: *, <sip:alice@10.0.0.5>\nExpires: 0\n")), ParseError::BadContact);
+    // Headers in a Request-URI, an empty tag.
+    assert_eq!(
+        parse_err(&BASE.replacen("sip:bob@example.net", "sip:bob@example.net?Call-ID=evil", 1)),
+        ParseError::BadRequestUri
+    );
+    assert_eq!(parse_err(&base_with(";tag=9fxced76sl", ";tag=")), ParseError::BadFrom);
+    // A From without a tag is tolerated (RFC 2543 peers).
+    parse(&base_with(";tag=9fxced76sl", ""));
 }
