@@ -3,7 +3,8 @@
 //! so the next leader already routes every established call.
 //!
 //! ```text
-//!  data plane (SIP runtime)              cluster thread (its own runtime, so SIP load never delays a heartbeat)
+//!  data plane (SIP runtime)              cluster thread (its own runtime under SCHED_RR, `sched.rs`: SIP load
+//!                                        and a busy host never delay a heartbeat)
 //!  dialog/flow/health tables ──Journal──► batcher ──client_write──► Raft ──► peers (net.rs, frame.rs)
 //!          ▲                                                          │
 //!          └──────────── state_machine.rs applies committed batches ◄─┘   log_store.rs: vote + log on disk
@@ -25,6 +26,7 @@ mod log_store;
 mod net;
 mod placement;
 pub mod role;
+mod sched;
 mod state_machine;
 
 use std::net::SocketAddr;
@@ -270,8 +272,17 @@ impl Cluster {
         let stop = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stop2 = stop.clone();
+        let priority = c.realtime_priority;
         let thread = std::thread::Builder::new().name("cluster".into()).spawn(move || {
             let _lock = lock;
+            match sched::realtime(priority) {
+                Ok(()) if priority > 0 => tracing::info!(priority, "cluster thread under SCHED_RR"),
+                Ok(()) => {}
+                Err(e) => tracing::warn!(
+                    priority, error = %e,
+                    "cluster thread: cannot use SCHED_RR (needs CAP_SYS_NICE); heartbeats may wait behind a busy host"
+                ),
+            }
             let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

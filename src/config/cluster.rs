@@ -31,6 +31,11 @@ pub struct ClusterConfig {
     /// The Raft vote, log and snapshot live here.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// The cluster thread (Raft, heartbeats, the role loop) runs under `SCHED_RR` at this priority, as Corosync's
+    /// does, so a loaded host delays no heartbeat (1..=99; `0`: the normal scheduler). Needs CAP_SYS_NICE (root,
+    /// or the systemd unit's); without it sipfront warns and runs under the normal scheduler. Default 10.
+    #[serde(default = "default_realtime_priority")]
+    pub realtime_priority: u8,
     /// A snapshot is taken after this many log entries; older entries are dropped.
     #[serde(default = "default_snapshot_every")]
     pub snapshot_every: u64,
@@ -52,6 +57,9 @@ fn default_heartbeat() -> ConfigDuration {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/sipfront")
+}
+fn default_realtime_priority() -> u8 {
+    10
 }
 fn default_snapshot_every() -> u64 {
     5000
@@ -203,6 +211,9 @@ impl ClusterConfig {
         }
         if h.is_zero() || h * 3 > e {
             return Err(invalid("cluster.heartbeat", format!("must be at most a third of election_timeout ({e:?})")));
+        }
+        if self.realtime_priority > 99 {
+            return Err(invalid("cluster.realtime_priority", "must be 0 (off) to 99"));
         }
         if self.snapshot_every < 10 {
             return Err(invalid("cluster.snapshot_every", "must be at least 10"));

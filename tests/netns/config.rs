@@ -32,6 +32,12 @@ pub fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// A Raft timing for the lab's nodes: `default`, or the environment's `var` (to measure other settings with the
+/// same tests, e.g. `SIPFRONT_LAB_ELECTION_TIMEOUT=100ms SIPFRONT_LAB_HEARTBEAT=25ms`).
+fn lab_timing(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_string())
+}
+
 impl NodeConfig {
     /// Node i of the 3-node cluster, as the brief of the cluster code gives it: SIP (UDP and TCP) on the VIP,
     /// Raft on the node's own address, election timeout 300 ms, heartbeat 60 ms, the lab's `cluster.key`, a
@@ -64,8 +70,8 @@ impl NodeConfig {
                     ("listen", &quoted(&format!("{}:{CLUSTER_PORT}", ip(10 + i)))),
                     ("peers", &format!("[ {} ]", peers.join(", "))),
                     ("secret_file", &file("cluster.key")),
-                    ("election_timeout", "\"300ms\""),
-                    ("heartbeat", "\"60ms\""),
+                    ("election_timeout", &quoted(&lab_timing("SIPFRONT_LAB_ELECTION_TIMEOUT", "300ms"))),
+                    ("heartbeat", &quoted(&lab_timing("SIPFRONT_LAB_HEARTBEAT", "60ms"))),
                     ("data_dir", &file(&format!("n{i}-data"))),
                 ],
             )
