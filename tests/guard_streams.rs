@@ -28,17 +28,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A banned source's connection must be closed this soon: at once, or by the guard's sweeper (every second).
 const CLOSE_WITHIN: Duration = Duration::from_secs(4);
 
-/// The value of a counter with these labels in the exposition (0 when it was never incremented).
-fn counter(admin: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (code, text) = http_exchange(admin, "GET", "/metrics", None, "").expect("admin answers");
-    assert_eq!(code, 200, "{text}");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Read and discard until the peer closes (EOF, reset, a WebSocket Close) or `wait` passes: whether it closed.
 /// `read` reads once, its socket bounded by a short read timeout; `Ok(true)`: something arrived, read again.
 fn closes_within(wait: Duration, mut read: impl FnMut() -> std::io::Result<bool>) -> bool {
@@ -211,7 +200,7 @@ fn a_banned_sources_connections_are_closed_and_new_ones_refused_while_others_are
 
     // (e) Every close is counted: the scanner's, the idle ones and the refused new ones.
     let banned = |transport| {
-        counter(&admin, "sipfront_connections_closed_total", &[("transport", transport), ("reason", "banned")])
+        labelled_counter(&admin, "sipfront_connections_closed_total", &[("transport", transport), ("reason", "banned")])
     };
     assert_eq!(
         (banned("tcp"), banned("tls"), banned("ws")),

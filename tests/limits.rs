@@ -35,17 +35,6 @@ fn start(h: &mut Harness, sip: &[&str], listen: Option<&str>, table: &str) -> St
     admin
 }
 
-/// The value of a counter with these labels in the exposition (0 when it was never incremented).
-fn counter(admin: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (code, text) = http_exchange(admin, "GET", "/metrics", None, "").expect("admin answers");
-    assert_eq!(code, 200, "{text}");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A TCP connection from `from` that sipfront accepted: it answers an OPTIONS on it.
 fn accepted(h: &Harness, from: Ipv4Addr, label: &str) -> TcpPeer {
     let mut p = TcpPeer::connect(from, h.sipfront());
@@ -71,8 +60,9 @@ fn connections_over_the_per_source_or_total_cap_are_closed_at_once_and_counted()
     let (a, b) = (h.front_ip(), h.pbx_ip());
     let mut from_a: Vec<TcpPeer> = (0..3).map(|i| accepted(&h, a, &format!("a{i}"))).collect();
     refused(&h, a, "a fourth from one address");
-    let tcp =
-        |reason| counter(&admin, "sipfront_connections_refused_total", &[("transport", "tcp"), ("reason", reason)]);
+    let tcp = |reason| {
+        labelled_counter(&admin, "sipfront_connections_refused_total", &[("transport", "tcp"), ("reason", reason)])
+    };
     assert_eq!(tcp("per_source"), 1.0);
     let _b0 = accepted(&h, b, "b0");
     refused(&h, b, "a fifth in total");
@@ -95,7 +85,8 @@ fn connections_over_the_per_source_or_total_cap_are_closed_at_once_and_counted()
         std::thread::sleep(Duration::from_millis(20));
     };
     // Every refusal is one close with reason `limit` too; the held connections still work.
-    let limit = counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "limit")]);
+    let limit =
+        labelled_counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "limit")]);
     assert_eq!(limit, 2.0 + retries as f64);
     for (i, p) in from_a.iter_mut().enumerate() {
         p.send(options_to(p.local, h.sipfront(), Tp::Tcp, &format!("again{i}")).as_bytes()).unwrap();
@@ -146,8 +137,11 @@ fn a_message_that_stalls_or_trickles_is_closed_after_message_timeout() {
     }
     assert!(closed, "the whole message but its last byte took {:?} and the connection is open", started.elapsed());
 
-    let slow =
-        counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "slow_message")]);
+    let slow = labelled_counter(
+        &admin,
+        "sipfront_connections_closed_total",
+        &[("transport", "tcp"), ("reason", "slow_message")],
+    );
     assert_eq!(slow, 2.0);
     normal.send(&options(&normal, "normal-again")).unwrap();
     assert_eq!(normal.expect_msg(WAIT, "200 after the slow clients").status(), Some(200));
@@ -187,7 +181,8 @@ fn lone_crlf_bytes_do_not_keep_a_connection_open_but_pings_do() {
     }
     let closed = noise_closed.expect("the client trickling lone CR/LF bytes was never closed");
     assert!(closed >= Duration::from_secs(1) && closed < Duration::from_secs(3), "closed after {closed:?}");
-    let idle = counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "idle")]);
+    let idle =
+        labelled_counter(&admin, "sipfront_connections_closed_total", &[("transport", "tcp"), ("reason", "idle")]);
     assert_eq!(idle, 1.0, "closed as idle, once");
     pinger.send(options_to(pinger.local, h.sipfront(), Tp::Tcp, "still-here").as_bytes()).unwrap();
     assert_eq!(pinger.expect_msg(WAIT, "200 on the pinging connection").status(), Some(200));
@@ -288,7 +283,7 @@ fn a_websocket_peer_that_answers_no_ping_is_closed_and_one_that_reads_stays() {
     let answer = answer.recv_timeout(WAIT).expect("the live peer's OPTIONS answered after three pings");
     assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
     let labels = [("transport", "ws"), ("reason", "ping_timeout")];
-    assert_eq!(counter(&admin, "sipfront_connections_closed_total", &labels), 1.0, "only the silent peer");
+    assert_eq!(labelled_counter(&admin, "sipfront_connections_closed_total", &labels), 1.0, "only the silent peer");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(reader.join().expect("the live reader") >= 3);
 }
@@ -316,11 +311,16 @@ fn on_tls_the_cap_comes_before_the_handshake_and_a_silent_handshake_is_closed_an
     }
     assert!(opened.elapsed() >= Duration::from_millis(200), "not before the handshake timeout");
 
-    let closed =
-        |reason| counter(&admin, "sipfront_connections_closed_total", &[("transport", "tls"), ("reason", reason)]);
+    let closed = |reason| {
+        labelled_counter(&admin, "sipfront_connections_closed_total", &[("transport", "tls"), ("reason", reason)])
+    };
     assert_eq!((closed("limit"), closed("handshake_timeout")), (1.0, 1.0));
     let refused = [("transport", "tls"), ("reason", "per_source")];
-    assert_eq!(counter(&admin, "sipfront_connections_refused_total", &refused), 1.0);
-    assert_eq!(counter(&admin, "sipfront_tls_handshake_failures_total", &[("side", "client")]), 1.0, "still counted");
+    assert_eq!(labelled_counter(&admin, "sipfront_connections_refused_total", &refused), 1.0);
+    assert_eq!(
+        labelled_counter(&admin, "sipfront_tls_handshake_failures_total", &[("side", "client")]),
+        1.0,
+        "still counted"
+    );
     let _ = std::fs::remove_dir_all(&pki.dir);
 }

@@ -246,6 +246,33 @@ fn check_case(
     }
 }
 
+/// Send `data` to sipfront, then an OPTIONS (Call-ID `probe_cid`) from the same socket, and return everything that
+/// came back before the OPTIONS' 200: what sipfront answered to `data` (sipfront reads a UDP socket in order).
+fn send_then_probe(
+    h: &mut Harness,
+    c: &UdpPeer,
+    data: &[u8],
+    probe_cid: &str,
+    case: &str,
+) -> Vec<(String, Option<SipMsg>)> {
+    c.send(data, h.sipfront());
+    c.send(options_to(c.local, h.sipfront(), Tp::Udp, probe_cid).as_bytes(), h.sipfront());
+    let mut before = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let Some((d, _)) = c.recv_until(deadline) else {
+            panic!("case {case:?}: no answer to the OPTIONS probe after it; sipfront alive: {}", h.sipfront_alive());
+        };
+        match SipMsg::parse(&d) {
+            Some(m) if m.header("Call-ID") == Some(probe_cid) => {
+                assert_eq!(m.status(), Some(200), "probe after {case:?}: {m:#?}");
+                return before;
+            }
+            m => before.push((String::from_utf8_lossy(&d).into_owned(), m)),
+        }
+    }
+}
+
 fn raw_list(msgs: &[(String, Option<SipMsg>)]) -> String {
     msgs.iter().map(|(raw, _)| raw.as_str()).collect::<Vec<_>>().join("\n----\n")
 }
@@ -261,27 +288,8 @@ fn malformed_udp_then_a_call() {
     let mut failures = Vec::new();
     for (i, (case, data, expect)) in udp_cases(trap.local).into_iter().enumerate() {
         let cid = format!("bad-{i}");
-        c.send(&fill(&data, &h, c.local, &cid), h.sipfront());
-        let probe_cid = format!("probe-{i}");
-        c.send(options_to(c.local, h.sipfront(), Tp::Udp, &probe_cid).as_bytes(), h.sipfront());
-        // Everything up to the probe's answer.
-        let mut before = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let Some((d, _)) = c.recv_until(deadline) else {
-                panic!(
-                    "case {case:?}: no answer to the OPTIONS probe after it; sipfront alive: {}",
-                    h.sipfront_alive()
-                );
-            };
-            match SipMsg::parse(&d) {
-                Some(m) if m.header("Call-ID") == Some(probe_cid.as_str()) => {
-                    assert_eq!(m.status(), Some(200), "probe after {case:?}: {m:#?}");
-                    break;
-                }
-                m => before.push((String::from_utf8_lossy(&d).into_owned(), m)),
-            }
-        }
+        let filled = fill(&data, &h, c.local, &cid);
+        let before = send_then_probe(&mut h, &c, &filled, &format!("probe-{i}"), case);
         if let Err(e) = check_case(&h, case, expect, &cid, &before) {
             failures.push(format!("case {case:?}: {e}"));
         }
@@ -431,20 +439,7 @@ fn odd_requests_are_answered_here_and_never_reach_the_pbx() {
         ] {
             data = replace_bytes(&data, from.as_bytes(), to.as_bytes());
         }
-        c.send(&data, h.sipfront());
-        let probe_cid = format!("probe-odd-{i}");
-        c.send(options_to(c.local, h.sipfront(), Tp::Udp, &probe_cid).as_bytes(), h.sipfront());
-        let mut before = Vec::new();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let Some((d, _)) = c.recv_until(deadline) else {
-                panic!("{name}: no answer to the OPTIONS probe after it; sipfront alive: {}", h.sipfront_alive());
-            };
-            match SipMsg::parse(&d) {
-                Some(m) if m.header("Call-ID") == Some(probe_cid.as_str()) => break,
-                m => before.push((String::from_utf8_lossy(&d).into_owned(), m)),
-            }
-        }
+        let before = send_then_probe(&mut h, &c, &data, &format!("probe-odd-{i}"), &name);
         let refused = match before.as_slice() {
             [(_, Some(m))] => {
                 matches!(m.status(), Some(400 | 416 | 505))

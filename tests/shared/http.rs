@@ -57,6 +57,17 @@ pub fn metrics_text(admin: &str) -> String {
     text
 }
 
+/// The value of the first sample of counter `name` carrying every one of `labels` (in any order, among others),
+/// read from the admin API at `admin`; 0 when there is none (a counter never incremented is not exported).
+pub fn labelled_counter(admin: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics_text(admin)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The `sipfront_final_responses_total` sample lines of an exposition: those of one code, or all of them.
 pub fn final_response_lines(text: &str, code: Option<u16>) -> Vec<&str> {
     let label = code.map(|c| format!("code=\"{c}\""));
