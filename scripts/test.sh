@@ -67,6 +67,9 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo check --no-default-features (without the AWS SDK)"
 cargo check --locked --no-default-features --all-targets --quiet
+echo "== cargo check --features alloc-jemalloc / alloc-mimalloc (the optional allocators, binary only)"
+cargo check --locked --no-default-features --features alloc-jemalloc --bin sipfront --quiet
+cargo check --locked --no-default-features --features alloc-mimalloc --bin sipfront --quiet
 echo "== cargo check (fuzz crate)"
 (cd fuzz && cargo check --locked --quiet)
 echo "== cargo test (benches once each, in test mode)"

@@ -16,6 +16,7 @@
 //!  dialog/        the dialog table: every call's current home backend, re-homed when its PBX fails
 //!  registration/  registered phones' flows (Path), so the PBX reaches phones behind NAT or on TCP
 //!  token.rs       the HMAC'd tokens in our Record-Route and Path
+//!  memory.rs      handing memory back after a load: the tables' spare capacity, the allocator's free pages
 //!  cluster/       Raft among the three nodes: replicated tables, leader = active node = VIP holder
 //!  vip/           the cluster's virtual IP on this host (Linux): a process-owned TUN device, gratuitous ARP
 //!  failover/      what follows the active role: the VIP mechanism (linux, aws), the PBX data volume, hooks
@@ -38,6 +39,7 @@ pub mod events;
 pub mod failover;
 pub mod guard;
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod registration;

@@ -10,6 +10,16 @@ use tokio_util::sync::CancellationToken;
 use sipfront::config::{Config, LogFormat};
 use sipfront::server::Server;
 
+// The global allocator: glibc's malloc unless a feature picks another (see Cargo.toml, `alloc-*`).
+#[cfg(all(feature = "alloc-mimalloc", feature = "alloc-jemalloc"))]
+compile_error!("features `alloc-mimalloc` and `alloc-jemalloc` exclude each other: pick one allocator");
+#[cfg(all(feature = "alloc-mimalloc", not(feature = "alloc-jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "alloc-jemalloc", not(feature = "alloc-mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The config `sipfront run` uses when no file is given: one node on 127.0.0.1:5060 (UDP and TCP) in front of
 /// a PBX on 127.0.0.1:5080. The same text as config/single-node.toml.
 const DEFAULT_CONFIG: &str = include_str!("../config/single-node.toml");

@@ -119,16 +119,6 @@ async fn rehome_on_failure(proxy: Arc<Proxy>, shutdown: CancellationToken) {
     }
 }
 
-/// Hand the allocator's free memory back to the OS (glibc keeps freed arenas mapped otherwise).
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks and releases the allocator's own free lists; it takes no pointers.
-        let released = unsafe { libc::malloc_trim(0) };
-        tracing::debug!(released, "allocator trimmed");
-    }
-}
-
 /// Drop dialogs past the maximum call duration or silent too long, and expired registrations.
 async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(REAP_EVERY);
@@ -152,9 +142,13 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
         peak = peak.max(proxy.txs.active());
         round += 1;
         if round % 60 == 0 && proxy.txs.active() <= peak / 4 {
-            // A load (a flood, a busy hour) is over: give the allocator's free pages back, or RSS stays at its
-            // peak for good (1.3 GB after a flood, 47 MB once trimmed).
-            release_free_memory();
+            // A load (a flood, a busy hour) is over: give the tables' spare capacity and the allocator's free
+            // pages back, or RSS stays at its peak for good (1.3 GB after a flood, 47 MB once trimmed; see
+            // crate::memory).
+            proxy.txs.shrink();
+            proxy.dialogs.shrink();
+            proxy.flows.shrink();
+            crate::memory::release_free_memory();
             peak = proxy.txs.active();
         }
         if round % 10 != 0 {

@@ -133,6 +133,12 @@ impl DialogTable {
         self.len() == 0
     }
 
+    /// Give back the capacity a past load left in the table (see [`crate::memory`]).
+    pub fn shrink(&self) {
+        crate::memory::shrink_sparse(&self.map);
+        crate::memory::shrink_sparse(&self.per_source);
+    }
+
     /// How many dialogs each backend is home to (index = backend), for the admin surface.
     pub fn count_by_home(&self, backends: usize) -> Vec<usize> {
         let mut n = vec![0; backends];

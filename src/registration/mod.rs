@@ -71,6 +71,12 @@ impl FlowTable {
         self.len() == 0
     }
 
+    /// Give back the capacity a past load left in the table (see [`crate::memory`]).
+    pub fn shrink(&self) {
+        crate::memory::shrink_sparse(&self.map);
+        crate::memory::shrink_sparse(&self.by_user);
+    }
+
     /// Whether a new flow (one not in the table) would exceed the cap.
     pub fn refuses_new(&self, token: &[u8]) -> bool {
         self.len() >= self.max && !self.map.contains_key(token)

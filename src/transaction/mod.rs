@@ -171,6 +171,14 @@ impl TransactionTable {
     }
 
     /// Drop tombstones whose linger is over; returns how many went.
+    /// Give back the capacity a past load left in the table (see [`crate::memory`]).
+    pub fn shrink(&self) {
+        crate::memory::shrink_sparse(&self.server);
+        crate::memory::shrink_sparse(&self.client);
+        crate::memory::shrink_sparse(&self.per_source);
+        crate::memory::shrink_sparse_queue(&mut self.retired.lock().expect("retired lock"));
+    }
+
     pub fn sweep(&self, now: Instant) -> usize {
         let mut gone = 0;
         loop {
