@@ -16,7 +16,7 @@
 //! (named for the namespace: `n1`, `ph`, `p2` ...) is a port of `br0` in the switch namespace; all of it is made
 //! with `ip -n`, so nothing is ever created in, or sent through, the host's own namespace. Tags taken:
 //! `netns_smoke.rs` 1-9, `cluster_faults.rs` 10-14, `cluster_aws.rs` 15-17, `cluster_tls.rs` 18,
-//! `cluster_interop.rs` 19-20 (add a line here when a test file takes a range).
+//! `cluster_interop.rs` 19-20, `ha_lab.rs` 21-24 (add a line here when a test file takes a range).
 //!
 //! What a test gets:
 //! - [`Lab`] ([`topology`]): the namespaces and links, `ip` inside them, a cut/restored link;

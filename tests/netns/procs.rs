@@ -52,10 +52,18 @@ impl LabProc {
 }
 
 impl Lab {
-    /// Start `cmd` inside `ns` under the default bound ([`DEFAULT_BOUND`]). Its program, arguments,
-    /// environment and working dir are used; its stdio is replaced by `LABEL.log`.
+    /// Start `cmd` inside `ns` under the lab's bound ([`DEFAULT_BOUND`] unless [`Lab::set_process_bound`]
+    /// changed it). Its program, arguments, environment and working dir are used; its stdio is replaced by
+    /// `LABEL.log`.
     pub fn spawn(&mut self, ns: Ns, label: &str, cmd: Command) {
-        self.spawn_bounded(ns, label, cmd, DEFAULT_BOUND);
+        self.spawn_bounded(ns, label, cmd, self.process_bound);
+    }
+
+    /// The bound of every process [`Lab::spawn`] starts from now on (nodes and PBXs included): a lab that runs
+    /// longer than [`DEFAULT_BOUND`] (the peer lab's trials) raises it, so that its long-lived processes are not
+    /// killed under it; they still die by themselves at the bound if the test process is killed.
+    pub fn set_process_bound(&mut self, bound: Duration) {
+        self.process_bound = bound;
     }
 
     /// [`Lab::spawn`] with its own bound (SIGKILL after `bound`).

@@ -88,6 +88,9 @@ pub struct Lab {
     pub(crate) procs: Vec<LabProc>,
     pub(crate) background: Vec<Arc<Background>>,
     pub(crate) next_uac_port: u16,
+    /// The bound [`Lab::spawn`] gives a process ([`super::procs::DEFAULT_BOUND`] unless
+    /// [`Lab::set_process_bound`] says otherwise).
+    pub(crate) process_bound: Duration,
     /// Namespaces created so far (those to delete on drop).
     created: Vec<Ns>,
 }
@@ -115,6 +118,7 @@ impl Lab {
             procs: Vec::new(),
             background: Vec::new(),
             next_uac_port: 5090,
+            process_bound: super::procs::DEFAULT_BOUND,
             created: Vec::new(),
         };
         // From here on a panic drops `lab`, which deletes whatever was made.
