@@ -12,16 +12,21 @@ use dashmap::DashMap;
 /// would only grow again at the next busy minute).
 const SPARSE: usize = 4;
 
+/// Whether a container with room for `capacity` holds few enough of it to be worth shrinking.
+fn sparse(capacity: usize, len: usize) -> bool {
+    capacity > SPARSE * len.max(64)
+}
+
 /// Shrink `map` to its entries when it is sparse (see [`SPARSE`]). Locks one shard at a time.
 pub fn shrink_sparse<K: Eq + Hash, V, S: BuildHasher + Clone>(map: &DashMap<K, V, S>) {
-    if map.capacity() > SPARSE * map.len().max(64) {
+    if sparse(map.capacity(), map.len()) {
         map.shrink_to_fit();
     }
 }
 
 /// [`shrink_sparse`] for a queue.
 pub fn shrink_sparse_queue<T>(queue: &mut VecDeque<T>) {
-    if queue.capacity() > SPARSE * queue.len().max(64) {
+    if sparse(queue.capacity(), queue.len()) {
         queue.shrink_to_fit();
     }
 }

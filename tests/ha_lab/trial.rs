@@ -185,24 +185,19 @@ impl Bench {
         let label = |what: &str| format!("{}-{trial}-{what}", fault.slug());
         let note = (fault.is_recovery() && !self.wait_serving(Duration::from_secs(10)))
             .then(|| "no service before the recovery".to_string());
-        let held_spec = UacSpec::new(&label("held"), vip_sip)
-            .scenario("uac_failover.xml")
-            .calls(HELD_CALLS)
-            .rate(HELD_RATE)
-            .hold(HELD_HOLD)
-            .timeout(CALLER_TIMEOUT)
-            .trace(false);
-        let held = self.lab.start_uac(held_spec);
+        let caller = |what: &str, calls: u64, rate: u64, hold: Duration| {
+            UacSpec::new(&label(what), vip_sip)
+                .scenario("uac_failover.xml")
+                .calls(calls)
+                .rate(rate)
+                .hold(hold)
+                .timeout(CALLER_TIMEOUT)
+                .trace(false)
+        };
+        let held = self.lab.start_uac(caller("held", HELD_CALLS, HELD_RATE, HELD_HOLD));
         std::thread::sleep(Duration::from_millis(1500));
         let new_calls = NEW_RATE * (1 + WINDOW.as_secs());
-        let new_spec = UacSpec::new(&label("new"), vip_sip)
-            .scenario("uac_failover.xml")
-            .calls(new_calls)
-            .rate(NEW_RATE)
-            .hold(NEW_HOLD)
-            .timeout(CALLER_TIMEOUT)
-            .trace(false);
-        let new = self.lab.start_uac(new_spec);
+        let new = self.lab.start_uac(caller("new", new_calls, NEW_RATE, NEW_HOLD));
         std::thread::sleep(Duration::from_millis(1000));
 
         let t = Instant::now();
