@@ -7,6 +7,11 @@
 # bench's peer, so its CPU and memory are what run-bench.sh samples. Node 1 initializes the cluster and, being
 # the only one that can at first, becomes leader (the status printed at the end shows it). Replication
 # to the two followers (fsync'd Raft log in a temp dir) runs during the whole ladder.
+#
+# The cluster's timing comes from ELECTION_TIMEOUT and HEARTBEAT (default: sipfront's defaults). At the end each
+# node's term, leader and VIP acquire/release counters are read from its /metrics (admin on 127.0.0.$i:9090):
+# a leader change or a release during the run is a false failover, and the script exits 3.
+#   ELECTION_TIMEOUT=80ms HEARTBEAT=20ms scripts/bench-cluster.sh --no-kamailio --rates 8000 --step-seconds 600
 set -eu -o pipefail
 cd "$(dirname "$0")/.."
 BIN=${SIPFRONT_BIN:-target/release/sipfront}
@@ -21,10 +26,19 @@ name = "bench-$i"
 [sip]
 listen = ["udp:127.0.0.$i:5070"]
 advertise = "127.0.0.$i"
+max_transactions_per_source = 20000
+[dialogs]
+max_per_source = 100000      # SIPp on loopback is one source for thousands of phones (as in config/bench.toml)
+[security]
+allow = ["127.0.0.0/8", "::1"]
 [log]
-level = "warn"
+level = "${LOG_LEVEL:-warn}"
+[admin]
+listen = "127.0.0.$i:9090"
 [cluster]
 listen = "127.0.0.$i:7070"
+election_timeout = "${ELECTION_TIMEOUT:-300ms}"
+heartbeat = "${HEARTBEAT:-60ms}"
 peers = [ { id = 1, addr = "127.0.0.1:7070" }, { id = 2, addr = "127.0.0.2:7070" }, { id = 3, addr = "127.0.0.3:7070" } ]
 secret_file = "$DIR/key"
 data_dir = "$DIR/n$i"
@@ -37,9 +51,34 @@ timeout = "500ms"
 TOML
 done
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
+# The nodes' logs are kept in $LOGS (if set) when the run ends.
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true
+  if [ -n "${LOGS:-}" ]; then mkdir -p "$LOGS" && cp "$DIR"/n*.log "$LOGS"/ && echo "bench-cluster: logs in $LOGS"; fi
+  rm -rf "$DIR"
+}
 trap cleanup EXIT
-for i in 2 3; do "$BIN" run --config "$DIR/n$i.toml" > "$DIR/n$i.log" 2>&1 & pids+=($!); done
-"$BENCH" --no-direct --peer 127.0.0.1:5070 --peer-name sipfront-cluster \
-  --peer-cmd "$BIN run --config $DIR/n1.toml" "$@"
+for i in 1 2 3; do "$BIN" run --config "$DIR/n$i.toml" > "$DIR/n$i.log" 2>&1 & pids+=($!); done
+n1=${pids[0]}
+metric() { curl -s --max-time 5 "http://127.0.0.$1:9090/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
+for _ in $(seq 100); do [ "$(metric 1 sipfront_vip_held 2>/dev/null)" = 1 ] && break; sleep 0.1; done
+term0=$(metric 1 sipfront_cluster_term)
+echo "bench-cluster: node 1 leads, term ${term0:-?}"
+"$BENCH" --no-direct --peer 127.0.0.1:5070 --peer-name sipfront-cluster --peer-pid "$n1" "$@"
 "$BIN" status --config "$DIR/n1.toml" || true
+# Every node still runs: a leader change, a VIP given up or taken again during the run is a false failover.
+false_failover=0
+for i in 1 2 3; do
+  m=$(curl -s --max-time 5 "http://127.0.0.$i:9090/metrics" || true)
+  get() { awk -v k="$1" '$1 == k {print $2}' <<<"$m"; }
+  term=$(get sipfront_cluster_term) leader=$(get sipfront_cluster_leader_id)
+  acq=$(get 'sipfront_vip_changes_total{action="acquire"}') rel=$(get 'sipfront_vip_changes_total{action="release"}')
+  echo "bench-cluster: node $i: term ${term:-?}, leader ${leader:-?}, VIP taken ${acq:-0} / released ${rel:-0} times"
+  want_acq=0; [ "$i" = 1 ] && want_acq=1
+  [ "${term:-x}" = "${term0:-y}" ] && [ "${leader:-x}" = 1 ] && [ "${acq:-0}" = "$want_acq" ] && [ "${rel:-0}" = 0 ] ||
+    false_failover=1
+done
+grep -h "released the VIP\|leader without a quorum\|no leader" "$DIR"/n*.log | head -5 || true
+echo "bench-cluster: election ${ELECTION_TIMEOUT:-300ms}, heartbeat ${HEARTBEAT:-60ms}"
+if [ "$false_failover" != 0 ]; then echo "bench-cluster: FALSE FAILOVER during the run"; exit 3; fi
+echo "bench-cluster: no leader change and no VIP release during the run"

@@ -6,7 +6,7 @@
 #
 #   sudo scripts/ha-lab.sh                  # 5 trials per fault and stack, ~25-35 minutes
 #   HA_LAB_TRIALS=1 scripts/ha-lab.sh       # a quick pass
-#   HA_LAB_STACKS=sipfront,vrrp3 scripts/ha-lab.sh     # some stacks only (sipfront, vrrp2, vrrp3, pacemaker)
+#   HA_LAB_STACKS=sipfront,vrrp3 scripts/ha-lab.sh     # some stacks only (sipfront, vrrp2, vrrp3, pacemaker3s, pacemaker1s)
 #   HA_LAB_OUT=/tmp/table.md scripts/ha-lab.sh         # where the table goes (default target/ha-lab/table.md)
 #
 # Root only (network namespaces). Nothing is started on the host's own network: every daemon runs in the lab's

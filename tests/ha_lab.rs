@@ -6,7 +6,7 @@
 //!   sipfront                        sipfront                     sipfront (Raft leader, TUN + GARP)
 //!   keepalived VRRPv2 1 s           Kamailio 5.6                 keepalived 2.2.7 (eth0 + GARP)
 //!   keepalived VRRPv3 0.1 s         Kamailio 5.6                 keepalived 2.2.7
-//!   Pacemaker + Corosync            Kamailio 5.6 (ocf agent)     IPaddr2 (scripts/ha-lab/pacemaker.sh)
+//!   Pacemaker + Corosync 3 s, 1 s   Kamailio 5.6 (ocf agent)     IPaddr2 (scripts/ha-lab/pacemaker.sh)
 //! ```
 //!
 //! Faults, on the node holding the VIP, each followed by its recovery on that node: kill -9 of the HA daemon
@@ -17,11 +17,12 @@
 //!   sipfront and for keepalived VRRPv3; a minute or two. Skips when not root, or (keepalived) when keepalived is
 //!   missing and cannot be installed.
 //! - `full` (ignored; `scripts/ha-lab.sh` runs it): every stack, every fault, `HA_LAB_TRIALS` trials (5), only
-//!   the stacks named in `HA_LAB_STACKS` (`sipfront,vrrp2,vrrp3,pacemaker`) if set; prints the table and writes
-//!   it to `HA_LAB_OUT` (default `target/ha-lab/table.md`).
+//!   the stacks named in `HA_LAB_STACKS` (`sipfront,vrrp2,vrrp3,pacemaker3s,pacemaker1s`) if set; prints the
+//!   table and writes it to `HA_LAB_OUT` (default `target/ha-lab/table.md`).
 //!
-//! Lab tags 21-24, one per stack (`stack.rs`); the tests take a lock so only one lab runs at a time: the times
-//! measured are the stacks', not the machine's. Every process runs under the harness's `timeout -s KILL`.
+//! Lab tags 21-24, one per stack (`stack.rs`; the two Pacemaker stacks share 24); the tests take a lock so only
+//! one lab runs at a time: the times measured are the stacks', not the machine's. Every process runs under the
+//! harness's `timeout -s KILL`.
 
 mod netns;
 

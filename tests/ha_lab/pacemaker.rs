@@ -12,13 +12,9 @@ use std::time::Duration;
 use crate::netns::{Lab, Ns};
 use crate::stack::{kamailio_cfg, node_sysctl, run_bounded, Stack};
 
-/// Corosync's token timeout unless `HA_LAB_PCMK_TOKEN_MS` says otherwise: 1 s, a tuned LAN setting (corosync
-/// 3's default is 3 s).
-const TOKEN_MS: &str = "1000";
-
 pub struct Pacemaker {
     tag: u8,
-    token_ms: String,
+    token_ms: u32,
 }
 
 /// The script, when it exists and is executable.
@@ -33,17 +29,17 @@ pub fn script() -> Result<PathBuf, String> {
 }
 
 impl Pacemaker {
-    pub fn start(lab: &mut Lab) -> Result<Pacemaker, String> {
+    /// The cluster with Corosync's `token` (and `token_coefficient: 0`, so it is the token used) at `token_ms`.
+    pub fn start(lab: &mut Lab, token_ms: u32) -> Result<Pacemaker, String> {
         script()?;
         let cfg = kamailio_cfg(lab, false);
         for i in 1..=3u8 {
             node_sysctl(lab, i, "net.ipv4.ip_nonlocal_bind=1");
         }
-        let token_ms = std::env::var("HA_LAB_PCMK_TOKEN_MS").unwrap_or_else(|_| TOKEN_MS.into());
         let pm = Pacemaker { tag: lab.tag, token_ms };
         // From here on a failure drops `pm`, which runs `down`.
         let (tag, cfg) = (pm.tag.to_string(), cfg.display().to_string());
-        pm.run(Duration::from_secs(300), &["up", &tag, &pm.token_ms, &cfg])
+        pm.run(Duration::from_secs(300), &["up", &tag, &token_ms.to_string(), &cfg])
             .map_err(|e| format!("pacemaker.sh up failed: {e}"))?;
         Ok(pm)
     }

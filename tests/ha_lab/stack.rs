@@ -31,19 +31,28 @@ pub enum StackKind {
     Sipfront,
     KeepalivedV2,
     KeepalivedV3,
-    Pacemaker,
+    /// Corosync token 3000 ms, corosync 3's default.
+    Pacemaker3s,
+    /// Corosync token 1000 ms, a tuned LAN setting.
+    Pacemaker1s,
 }
 
 impl StackKind {
-    pub const ALL: [StackKind; 4] =
-        [StackKind::Sipfront, StackKind::KeepalivedV2, StackKind::KeepalivedV3, StackKind::Pacemaker];
+    pub const ALL: [StackKind; 5] = [
+        StackKind::Sipfront,
+        StackKind::KeepalivedV2,
+        StackKind::KeepalivedV3,
+        StackKind::Pacemaker3s,
+        StackKind::Pacemaker1s,
+    ];
 
+    /// The two Pacemaker stacks share a tag: they never run at once (one lab at a time).
     pub fn tag(self) -> u8 {
         match self {
             StackKind::Sipfront => 21,
             StackKind::KeepalivedV2 => 22,
             StackKind::KeepalivedV3 => 23,
-            StackKind::Pacemaker => 24,
+            StackKind::Pacemaker3s | StackKind::Pacemaker1s => 24,
         }
     }
 
@@ -53,7 +62,8 @@ impl StackKind {
             StackKind::Sipfront => "sipfront",
             StackKind::KeepalivedV2 => "vrrp2",
             StackKind::KeepalivedV3 => "vrrp3",
-            StackKind::Pacemaker => "pacemaker",
+            StackKind::Pacemaker3s => "pacemaker3s",
+            StackKind::Pacemaker1s => "pacemaker1s",
         }
     }
 
@@ -64,7 +74,8 @@ impl StackKind {
             StackKind::Sipfront => Box::new(Sipfront::start(lab)),
             StackKind::KeepalivedV2 => Box::new(Keepalived::start(lab, Vrrp::V2)?),
             StackKind::KeepalivedV3 => Box::new(Keepalived::start(lab, Vrrp::V3)?),
-            StackKind::Pacemaker => Box::new(crate::pacemaker::Pacemaker::start(lab)?),
+            StackKind::Pacemaker3s => Box::new(crate::pacemaker::Pacemaker::start(lab, 3000)?),
+            StackKind::Pacemaker1s => Box::new(crate::pacemaker::Pacemaker::start(lab, 1000)?),
         })
     }
 }
