@@ -62,7 +62,7 @@ fn default_realtime_priority() -> u8 {
     10
 }
 fn default_snapshot_every() -> u64 {
-    5000
+    500
 }
 
 /// `[vip] mode`
