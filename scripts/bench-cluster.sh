@@ -60,7 +60,9 @@ cleanup() {
 trap cleanup EXIT
 for i in 1 2 3; do "$BIN" run --config "$DIR/n$i.toml" > "$DIR/n$i.log" 2>&1 & pids+=($!); done
 n1=${pids[0]}
-metric() { curl -s --max-time 5 "http://127.0.0.$1:9090/metrics" | awk -v k="$2" '$1 == k {print $2}'; }
+metrics() { curl -s --max-time 5 "http://127.0.0.$1:9090/metrics" || true; }
+value() { awk -v k="$2" '$1 == k {print $2}' <<<"$1"; }   # value METRICS_TEXT NAME
+metric() { value "$(metrics "$1")" "$2"; }
 for _ in $(seq 100); do [ "$(metric 1 sipfront_vip_held 2>/dev/null)" = 1 ] && break; sleep 0.1; done
 term0=$(metric 1 sipfront_cluster_term)
 echo "bench-cluster: node 1 leads, term ${term0:-?}"
@@ -69,10 +71,10 @@ echo "bench-cluster: node 1 leads, term ${term0:-?}"
 # Every node still runs: a leader change, a VIP given up or taken again during the run is a false failover.
 false_failover=0
 for i in 1 2 3; do
-  m=$(curl -s --max-time 5 "http://127.0.0.$i:9090/metrics" || true)
-  get() { awk -v k="$1" '$1 == k {print $2}' <<<"$m"; }
-  term=$(get sipfront_cluster_term) leader=$(get sipfront_cluster_leader_id)
-  acq=$(get 'sipfront_vip_changes_total{action="acquire"}') rel=$(get 'sipfront_vip_changes_total{action="release"}')
+  m=$(metrics "$i")
+  term=$(value "$m" sipfront_cluster_term) leader=$(value "$m" sipfront_cluster_leader_id)
+  acq=$(value "$m" 'sipfront_vip_changes_total{action="acquire"}')
+  rel=$(value "$m" 'sipfront_vip_changes_total{action="release"}')
   echo "bench-cluster: node $i: term ${term:-?}, leader ${leader:-?}, VIP taken ${acq:-0} / released ${rel:-0} times"
   want_acq=0; [ "$i" = 1 ] && want_acq=1
   [ "${term:-x}" = "${term0:-y}" ] && [ "${leader:-x}" = 1 ] && [ "${acq:-0}" = "$want_acq" ] && [ "${rel:-0}" = 0 ] ||

@@ -152,6 +152,13 @@ async fn drop_gradually(mut dead: BTreeMap<u64, EntryOf<C>>) {
     }
 }
 
+/// Drop the entries up to `upto` from the live log; they are returned for the caller to free.
+fn purge_upto(inner: &mut Inner, upto: LogIdOf<C>) -> BTreeMap<u64, EntryOf<C>> {
+    let live = inner.log.split_off(&(upto.index + 1));
+    inner.purged = Some(upto);
+    std::mem::replace(&mut inner.log, live)
+}
+
 fn replay(inner: &mut Inner, rec: Record) {
     match rec {
         Record::Entry(e) => {
@@ -161,10 +168,7 @@ fn replay(inner: &mut Inner, rec: Record) {
             let from = after.map_or(0, |l| l.index + 1);
             inner.log.split_off(&from);
         }
-        Record::Purge(upto) => {
-            inner.log = inner.log.split_off(&(upto.index + 1));
-            inner.purged = Some(upto);
-        }
+        Record::Purge(upto) => drop(purge_upto(inner, upto)),
         Record::Committed(c) => inner.committed = c,
     }
 }
@@ -317,10 +321,8 @@ impl RaftLogStorage<C> for LogStore {
         encode(&Record::Purge(log_id), &mut buf)?;
         let dead = {
             let mut g = self.lock();
-            let live = g.log.split_off(&(log_id.index + 1));
-            g.purged = Some(log_id);
             g.records += 1;
-            std::mem::replace(&mut g.log, live)
+            purge_upto(&mut g, log_id)
         };
         // Hundreds of entries of hundreds of table changes each are a million frees, tens of milliseconds (4000
         // entries held a loaded leader's heartbeats back past the election timeout). Freed on another thread,
