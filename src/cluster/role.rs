@@ -285,27 +285,32 @@ pub async fn switchover(shared: &Shared, to: u64) -> Result<String, String> {
         return Err(format!("transfer failed: {e}"));
     }
     let mut watch = shared.raft.metrics();
-    let led = tokio::time::timeout(window, async {
-        loop {
-            if watch.borrow_watched().current_leader == Some(to) {
-                return;
-            }
-            if watch.changed().await.is_err() {
-                return;
-            }
+    // A target that stops answering (it was stopped a moment ago) fails the switchover once it has been silent
+    // for twice the election timeout, not at the end of the window.
+    let silent_for = shared.election_timeout * 2;
+    let deadline = Instant::now() + window;
+    let outcome = loop {
+        let m = watch.borrow_watched().clone();
+        if m.current_leader == Some(to) {
+            break Ok(());
         }
-    })
-    .await;
+        let heard = m.heartbeat.as_ref().and_then(|h| h.get(&to).cloned().flatten());
+        if heard.is_some_and(|t| openraft::Instant::elapsed(&t.into_inner()) > silent_for) {
+            break Err(format!("node {to} stopped answering; this node keeps the role"));
+        }
+        if Instant::now() >= deadline {
+            break Err(format!("node {to} did not take over within {window:?}; this node keeps the role"));
+        }
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(10), watch.changed()).await {
+            break Err("raft stopped during the switchover".into());
+        }
+    };
     *shared.yield_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    match led {
-        Ok(()) if shared.raft.metrics().borrow_watched().current_leader == Some(to) => {
-            let ms = t0.elapsed().as_millis();
-            tracing::info!(to, ms = ms as u64, "switchover done");
-            shared.proxy.events.record("switchover", format!("node {} to node {to}", shared.id), Some(t0.elapsed()));
-            Ok(format!("node {to} leads now ({ms} ms)"))
-        }
-        _ => Err(format!("node {to} did not take over within {window:?}; this node keeps the role")),
-    }
+    outcome?;
+    let ms = t0.elapsed().as_millis();
+    tracing::info!(to, ms = ms as u64, "switchover done");
+    shared.proxy.events.record("switchover", format!("node {} to node {to}", shared.id), Some(t0.elapsed()));
+    Ok(format!("node {to} leads now ({ms} ms)"))
 }
 
 /// At shutdown: a leader hands over to the peer that is furthest along, so a planned restart costs nothing.
