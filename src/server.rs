@@ -131,7 +131,11 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
         early: t.timer_c + t.t1x64(),
         unacked: cfg.ack_timeout.get(),
     };
-    // Live transactions at their highest since memory was last handed back to the OS.
+    // The load (live transactions and dialogs) at its highest since memory was last handed back to the OS.
+    // Dialogs count too: a follower has no transactions, but its replicated dialog table shows the load; on
+    // transactions alone it trimmed every minute under full load, holding malloc's arena locks against the
+    // cluster thread.
+    let load = |p: &Proxy| p.txs.active() + p.dialogs.len();
     let mut peak = 0usize;
     loop {
         tokio::select! {
@@ -139,9 +143,9 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
             _ = tick.tick() => {}
         }
         proxy.txs.sweep(tokio::time::Instant::now());
-        peak = peak.max(proxy.txs.active());
+        peak = peak.max(load(&proxy));
         round += 1;
-        if round % 60 == 0 && proxy.txs.active() <= peak / 4 {
+        if round % 60 == 0 && load(&proxy) <= peak / 4 {
             // A load (a flood, a busy hour) is over: give the tables' spare capacity and the allocator's free
             // pages back, or RSS stays at its peak for good (1.3 GB after a flood, 47 MB once trimmed; see
             // crate::memory).
@@ -149,7 +153,7 @@ async fn reap(proxy: Arc<Proxy>, cfg: DialogConfig, shutdown: CancellationToken)
             proxy.dialogs.shrink();
             proxy.flows.shrink();
             crate::memory::release_free_memory();
-            peak = proxy.txs.active();
+            peak = load(&proxy);
         }
         if round % 10 != 0 {
             continue; // the tables below are walked whole: every 10 s is plenty for limits in minutes

@@ -107,7 +107,14 @@ impl LogStore {
         let file = OpenOptions::new().create(true).append(true).open(&log_path)?;
         let (tx, rx) = std::sync::mpsc::channel();
         let dir2 = dir.to_path_buf();
-        std::thread::Builder::new().name("raft-log".into()).spawn(move || writer(dir2, file, rx))?;
+        // The writer's flush acknowledges appends: it runs under the opener's (the cluster thread's) policy.
+        let policy = super::sched::current();
+        std::thread::Builder::new().name("raft-log".into()).spawn(move || {
+            if let Err(e) = super::sched::apply(policy) {
+                tracing::warn!(error = %e, "raft log writer: cannot take the cluster thread's scheduling policy");
+            }
+            writer(dir2, file, rx)
+        })?;
         Ok(LogStore { inner: Arc::new(Mutex::new(inner)), writer: tx })
     }
 

@@ -1,5 +1,5 @@
-//! Leadership is the active role is the VIP. Every 20 ms (and on every Raft metrics change) the role loop asks:
-//! is this node the leader, has a quorum acknowledged a heartbeat it sent less than `hold_lease` (2/3 of the
+//! Leadership is the active role is the VIP. Every 5 ms (and on every Raft metrics change) the role loop asks:
+//! is this node the leader, has a quorum acknowledged a heartbeat it sent less than `hold_lease` (3/4 of the
 //! election timeout) ago, has it applied everything up to its own term's first entry, and is no switchover
 //! under way? Then it holds the VIP and serves; otherwise it stops serving first and releases the VIP.
 //!
@@ -18,8 +18,9 @@ use super::Shared;
 use crate::failover::{Claim, Vip};
 use crate::metrics as m;
 
-/// How often the role is re-evaluated without a metrics change.
-const TICK: Duration = Duration::from_millis(20);
+/// How often the role is re-evaluated without a metrics change: a leader cut off lets go at most this long
+/// after its hold lease ends.
+pub(super) const TICK: Duration = Duration::from_millis(5);
 /// A VIP that could not be taken is tried again this soon, then twice as late each time, up to the last.
 const VIP_FIRST_RETRY: Duration = Duration::from_millis(200);
 const VIP_LAST_RETRY: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@
 //! owning cleans up after itself.
 //!
 //! Exclusivity: EBS enforces one attachment, and every move is fenced by the Raft term on the volume. A `local`
-//! device has no such guard of its own: the old owner lets go when it loses the quorum (after 2/3 of the
+//! device has no such guard of its own: the old owner lets go when it loses the quorum (after 3/4 of the
 //! election timeout), before a new leader can exist, and a switchover waits for the release before handing
 //! over; but a hook or unmount that hangs on a node cut off from the others is not stopped by anything here.
 
